@@ -1,0 +1,48 @@
+"""Diffusion Edit Studio: `python app.py [--profile sd15|tiny|sd15-shape] [--port 7860] [--host 127.0.0.1]`."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from engine.models import COMPONENTS, PROFILES, ModelCache
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Diffusion Edit Studio (Gradio app)")
+    p.add_argument("--profile", choices=PROFILES, default=os.environ.get("DES_PROFILE", "sd15"),
+                   help="sd15: real weights; tiny: random tiny models, offline; sd15-shape: random full-size")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="ask Gradio for a public share link (off by default)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available)")
+    p.add_argument("--memory", choices=("gpu", "offload"), default="gpu",
+                   help="gpu: all models resident; offload: each model moves to the GPU only while it runs")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=SRC",
+                   help=f"override a model's hub id or folder; NAME in {', '.join(COMPONENTS)}")
+    return p.parse_args(argv)
+
+
+def make_cache(args) -> ModelCache:
+    overrides = {}
+    for item in args.model:
+        name, sep, source = item.partition("=")
+        if not sep or not source:
+            raise SystemExit(f"--model expects NAME=SRC, got {item!r}")
+        overrides[name] = source
+    try:
+        return ModelCache(args.profile, device=args.device, memory=args.memory, overrides=overrides)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}")
+
+
+def main(argv=None) -> None:
+    from ui import build_demo, launch_kwargs
+
+    args = parse_args(argv)
+    demo = build_demo(make_cache(args))
+    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port,
+                                                   share=args.share, **launch_kwargs())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Shared diffusion pieces: prompt and image encoding, noise prediction with classifier-free
+guidance, the deterministic DDIM step, SDEdit noising and latent blending outside a mask.
+
+Notation follows DDIM (Song et al., 2021): alpha_t is the scheduler's cumulative product
+("alphas_cumprod"), x0_pred = (x_t - sqrt(1 - alpha_t) * eps) / sqrt(alpha_t).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass
+class UNetCounter:
+    """Counts UNet evaluations per run (one batched call = one evaluation)."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"forward": self.forward, "backward": self.backward}
+
+
+@dataclass
+class Control:
+    """One or more ControlNets with their condition images (B=1 tensors in [0, 1]) and scales."""
+
+    models: Sequence[torch.nn.Module]
+    images: Sequence[torch.Tensor]
+    scales: Sequence[float]
+
+
+# -- text and image encoding -------------------------------------------------------------
+@torch.no_grad()
+def encode_prompts(sd, prompts: Sequence[str]) -> torch.Tensor:
+    """CLIP text embeddings of shape (len(prompts), 77, dim), padded to the model's length."""
+    tokens = sd.tokenizer(list(prompts), padding="max_length", max_length=sd.tokenizer.model_max_length,
+                          truncation=True, return_tensors="pt")
+    device = sd.unet.device if hasattr(sd.unet, "device") else None
+    return sd.text_encoder(tokens.input_ids.to(device))[0]
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> (1, 3, H, W) float tensor in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) tensor in [-1, 1] -> list of PIL RGB images."""
+    array = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+@torch.no_grad()
+def encode_image(sd, image: Image.Image) -> torch.Tensor:
+    """The VAE's latent (posterior mean, scaled) of an RGB image."""
+    x = pil_to_tensor(image).to(sd.vae.device, sd.vae.dtype)
+    return sd.vae.encode(x).latent_dist.mean * sd.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(sd, latents: torch.Tensor) -> list[Image.Image]:
+    images = sd.vae.decode(latents.to(sd.vae.dtype) / sd.vae.config.scaling_factor).sample
+    return tensor_to_pil(images)
+
+
+# -- noise prediction ---------------------------------------------------------------------
+def predict_noise(unet, latents: torch.Tensor, t, cond: torch.Tensor, counter: UNetCounter,
+                  uncond: Optional[torch.Tensor] = None, cfg: float = 1.0,
+                  control: Optional[Control] = None) -> torch.Tensor:
+    """eps_theta(x_t, t, c), with classifier-free guidance when `uncond` is given and cfg != 1:
+    eps = eps_u + cfg * (eps_c - eps_u) (Ho & Salimans, 2022). The two halves run as one batch.
+
+    `latents` may hold several samples (batch B); `cond`/`uncond` are (1 or B, 77, dim).
+    """
+    b = latents.shape[0]
+    use_cfg = uncond is not None and cfg != 1.0
+    cond = cond.expand(b, -1, -1) if cond.shape[0] == 1 else cond
+    if use_cfg:
+        uncond = uncond.expand(b, -1, -1) if uncond.shape[0] == 1 else uncond
+        x_in = torch.cat([latents, latents])
+        emb = torch.cat([uncond, cond])
+    else:
+        x_in, emb = latents, cond
+    x_in = x_in.to(unet.dtype)
+    emb = emb.to(unet.dtype)
+    kwargs = {}
+    if control is not None:
+        down, mid = None, None
+        for model, image, scale in zip(control.models, control.images, control.scales):
+            img = image.to(x_in.device, model.dtype).expand(x_in.shape[0], -1, -1, -1)
+            d, m = model(x_in, t, encoder_hidden_states=emb, controlnet_cond=img,
+                         conditioning_scale=scale, return_dict=False)
+            down = d if down is None else [a + b_ for a, b_ in zip(down, d)]
+            mid = m if mid is None else mid + m
+        kwargs = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+    eps = unet(x_in, t, encoder_hidden_states=emb, **kwargs).sample
+    counter.forward += 1
+    if use_cfg:
+        eps_u, eps_c = eps.chunk(2)
+        eps = eps_u + cfg * (eps_c - eps_u)
+    return eps.to(latents.dtype)
+
+
+# -- DDIM -------------------------------------------------------------------------------------
+def timesteps(scheduler, steps: int, device=None) -> torch.Tensor:
+    """The descending DDIM timesteps for `steps` steps (SD1.5: offset 1, e.g. 981 ... 1 for 50)."""
+    scheduler.set_timesteps(steps, device=device)
+    return scheduler.timesteps
+
+
+def alpha_bar(scheduler, t) -> torch.Tensor:
+    """alpha_t (cumulative); t < 0 means "before the first step" (the final alpha)."""
+    t = int(t)
+    if t < 0:
+        return scheduler.final_alpha_cumprod
+    return scheduler.alphas_cumprod[t]
+
+
+def previous_timestep(scheduler, t) -> int:
+    return int(t) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+
+
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+    """x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) (DDIM Eq. 12, first term)."""
+    a_t = a_t.to(x_t.device, x_t.dtype)
+    return (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+
+
+def ddim_move(x_t: torch.Tensor, eps: torch.Tensor, a_from: torch.Tensor, a_to: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) from noise level a_from to a_to, either direction:
+    x_to = sqrt(a_to) x0 + sqrt(1 - a_to) eps (DDIM Eq. 12 with sigma = 0)."""
+    a_to = a_to.to(x_t.device, x_t.dtype)
+    return a_to.sqrt() * predict_x0(x_t, eps, a_from) + (1 - a_to).sqrt() * eps
+
+
+def ddim_step(scheduler, eps: torch.Tensor, t, x_t: torch.Tensor) -> torch.Tensor:
+    """One denoising step x_t -> x_{t-1}."""
+    return ddim_move(x_t, eps, alpha_bar(scheduler, t), alpha_bar(scheduler, previous_timestep(scheduler, t)))
+
+
+def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+    """q(x_t | x_0): sqrt(a_t) x0 + sqrt(1 - a_t) noise (DDPM Eq. 4)."""
+    a_t = alpha_bar(scheduler, t).to(x0.device, x0.dtype)
+    return a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
+
+
+def sdedit_timesteps(scheduler, steps: int, strength: float, device=None) -> torch.Tensor:
+    """The last round(strength * steps) DDIM timesteps: SDEdit starts part-way (Meng et al., 2022)."""
+    all_t = timesteps(scheduler, steps, device)
+    n = max(1, min(steps, int(round(strength * steps))))
+    return all_t[steps - n:]
+
+
+def blend(latents: torch.Tensor, background: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Keep `latents` where mask = 1 and `background` where mask = 0 (mask broadcasts over channels)."""
+    mask = mask.to(latents.device, latents.dtype)
+    return mask * latents + (1 - mask) * background.to(latents.dtype)
+
+
+def make_generator(seed: int, device) -> torch.Generator:
+    """All randomness of a run comes from here; CPU generator so seeds agree across devices."""
+    return torch.Generator("cpu").manual_seed(int(seed))
+
+
+def randn(shape, generator: torch.Generator, device, dtype) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)

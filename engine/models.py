@@ -1,0 +1,301 @@
+"""The model cache: every model loads once, lazily, under one lock, and is shared by all methods.
+
+Profiles
+- `sd15`: the real weights, by hub id; each component's source can be overridden by a flag
+  (`--model NAME=ID_OR_FOLDER`) or an environment variable (`DES_MODEL_<NAME>`), local folders allowed.
+- `tiny`: random SD1.5-shaped models built in code with a fixed seed, written once with
+  `save_pretrained` into the cache folder and loaded back through the same `from_pretrained`
+  code as the real weights. Fast on a CPU; outputs are noise.
+- `sd15-shape`: the full SD1.5 architecture with random weights, for timing on a GPU.
+
+fp16 on CUDA, fp32 on CPU. Memory modes: "gpu" (everything resident) or "offload" (each model
+moves to the GPU when it runs and the others go back to the CPU). Importing this module loads
+nothing and does not touch CUDA.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+PROFILES = ("sd15", "tiny", "sd15-shape")
+MEMORY_MODES = ("gpu", "offload")
+SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """How to find, load and fake one model.
+
+    loader:        "module:function" called as fn(source, device, dtype) for every profile.
+    tiny_builder:  "module:function" called as fn(folder) to write a tiny random version.
+    shape_builder: like tiny_builder but full-size (sd15-shape); None means use the tiny one.
+    """
+
+    name: str
+    hub_id: str
+    loader: str
+    tiny_builder: Optional[str]
+    shape_builder: Optional[str] = None
+    description: str = ""
+    offload: bool = True  # False: stays on the GPU in offload mode (small models called outside forward)
+
+    @property
+    def env_var(self) -> str:
+        return "DES_MODEL_" + self.name.upper()
+
+
+COMPONENTS: dict[str, ComponentSpec] = {
+    spec.name: spec
+    for spec in (
+        ComponentSpec("sd", SD15_ID, "engine.models:load_sd", "engine.tiny.sd:build_tiny_sd",
+                      "engine.tiny.sd:build_sd15_shape", "Stable Diffusion 1.5 (UNet, VAE, text encoder)"),
+        ComponentSpec("blip", "Salesforce/blip-image-captioning-base", "engine.core.caption:load_blip",
+                      "engine.tiny.blip:build_tiny_blip", None, "BLIP captioner"),
+        ComponentSpec("controlnet_scribble", "lllyasviel/control_v11p_sd15_scribble", "engine.models:load_controlnet",
+                      "engine.tiny.controlnet:build_tiny_controlnet", "engine.tiny.controlnet:build_full_controlnet",
+                      "ControlNet 1.1 scribble"),
+        ComponentSpec("controlnet_openpose", "lllyasviel/control_v11p_sd15_openpose", "engine.models:load_controlnet",
+                      "engine.tiny.controlnet:build_tiny_controlnet", "engine.tiny.controlnet:build_full_controlnet",
+                      "ControlNet 1.1 openpose"),
+        ComponentSpec("controlnet_canny", "lllyasviel/control_v11p_sd15_canny", "engine.models:load_controlnet",
+                      "engine.tiny.controlnet:build_tiny_controlnet", "engine.tiny.controlnet:build_full_controlnet",
+                      "ControlNet 1.1 canny"),
+        ComponentSpec("grounding_dino", "IDEA-Research/grounding-dino-tiny", "engine.core.segment:load_grounding_dino",
+                      "engine.tiny.segment:build_tiny_grounding_dino", None, "GroundingDINO (transformers)", offload=False),
+        ComponentSpec("sam", "facebook/sam-vit-base", "engine.core.segment:load_sam",
+                      "engine.tiny.segment:build_tiny_sam", None, "Segment Anything (transformers)", offload=False),
+        ComponentSpec("clipseg", "CIDAS/clipseg-rd64-refined", "engine.core.segment:load_clipseg",
+                      "engine.tiny.segment:build_tiny_clipseg", None, "CLIPSeg", offload=False),
+        ComponentSpec("clip", "openai/clip-vit-base-patch32", "engine.core.clip:load_clip",
+                      "engine.tiny.clip:build_tiny_clip", None, "CLIP ViT-B/32 (iEdit losses, pair retrieval, metrics)"),
+        ComponentSpec("vgg", "timm/vgg16.tv_in1k", "engine.train.perceptual:load_vgg",
+                      "engine.train.perceptual:build_tiny_vgg", None, "VGG16 features (perceptual loss)"),
+        ComponentSpec("annotators", "lllyasviel/Annotators", "engine.core.conditions:load_annotators",
+                      None, None, "controlnet-aux detectors (HED scribble, OpenPose)"),
+    )
+}
+
+
+@dataclass
+class SDModels:
+    """Stable Diffusion's parts. Schedulers keep state, so each request makes its own."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict
+    source: str
+
+    def scheduler(self):
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(self.scheduler_config)
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def _resolve(ref: str):
+    module, _, fn = ref.partition(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def _freeze(module):
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def load_sd(source: str, device: torch.device, dtype: torch.dtype) -> SDModels:
+    """Load SD1.5's parts from a hub id or a local folder laid out like the hub repository."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype)
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+    scheduler_config = dict(DDIMScheduler.load_config(source, subfolder="scheduler"))
+    for m in (unet, vae, text_encoder):
+        _freeze(m).to(device)
+    return SDModels(unet, vae, text_encoder, tokenizer, scheduler_config, source)
+
+
+def load_controlnet(source: str, device: torch.device, dtype: torch.dtype):
+    from diffusers import ControlNetModel
+
+    return _freeze(ControlNetModel.from_pretrained(source, torch_dtype=dtype)).to(device)
+
+
+@contextmanager
+def _quiet_loading():
+    """No progress bars or config warnings from transformers/diffusers while loading."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    levels = (tlog.get_verbosity(), dlog.get_verbosity())
+    tlog.set_verbosity_error()
+    dlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    dlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(levels[0])
+        dlog.set_verbosity(levels[1])
+        tlog.enable_progress_bar()
+        dlog.enable_progress_bar()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DES_CACHE_DIR", Path.home() / ".cache" / "diffusion-edit-studio"))
+
+
+def pick_device(name: Optional[str] = None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ModelCache:
+    """Loads each component once, on first use, and hands the same object to every request.
+
+    No request may change a cached model: methods restore attention processors and remove
+    adapters in `finally` blocks, and never edit weights in place.
+    """
+
+    def __init__(self, profile: str = "sd15", device: Optional[str] = None, memory: str = "gpu",
+                 overrides: Optional[dict[str, str]] = None, cache_dir: Optional[Path] = None):
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
+        unknown = set(overrides or {}) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown model component(s) {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(COMPONENTS)}")
+        self.profile = profile
+        self.memory = memory
+        self._device_name = device
+        self.overrides = dict(overrides or {})
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._lock = threading.RLock()
+        self._models: dict[str, Any] = {}
+        self._offload_modules: list[torch.nn.Module] = []
+
+    # -- where things live -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return pick_device(self._device_name)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float16 if self.device.type == "cuda" else torch.float32
+
+    @property
+    def is_fake(self) -> bool:
+        """True when the weights are random (outputs are noise)."""
+        return self.profile != "sd15"
+
+    def source(self, name: str) -> str:
+        """Where a component comes from: flag override, environment variable, or the hub id."""
+        spec = COMPONENTS[name]
+        return self.overrides.get(name) or os.environ.get(spec.env_var) or spec.hub_id
+
+    def describe(self) -> dict[str, str]:
+        """Component -> source, for reports and PNG metadata."""
+        if self.profile == "sd15":
+            return {name: self.source(name) for name in COMPONENTS}
+        return {name: f"{self.profile}:{name}" for name in COMPONENTS}
+
+    def loaded(self) -> list[str]:
+        return sorted(self._models)
+
+    # -- loading ---------------------------------------------------------------------
+    def _fake_folder(self, spec: ComponentSpec) -> str:
+        builder = spec.shape_builder if self.profile == "sd15-shape" and spec.shape_builder else spec.tiny_builder
+        if builder is None:
+            raise ValueError(f"{spec.description or spec.name} has no random stand-in in the "
+                             f"{self.profile!r} profile; it needs real weights ({spec.hub_id})")
+        tag = hashlib.sha1(builder.encode()).hexdigest()[:8]
+        folder = self.cache_dir / self.profile / f"{spec.name}-{tag}"
+        done = folder / ".complete"
+        if not done.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            with _quiet_loading():
+                _resolve(builder)(folder)
+            done.write_text("ok\n")
+        return str(folder)
+
+    def get(self, name: str) -> Any:
+        """The loaded component `name` (see COMPONENTS), loading it on first use."""
+        if name not in COMPONENTS:
+            raise KeyError(f"unknown model component {name!r}")
+        model = self._models.get(name)
+        if model is not None:
+            return model
+        with self._lock:
+            if name not in self._models:
+                spec = COMPONENTS[name]
+                source = self.source(name) if self.profile == "sd15" else self._fake_folder(spec)
+                offload = self.memory == "offload" and spec.offload and self.device.type == "cuda"
+                target = torch.device("cpu") if offload else self.device
+                with _quiet_loading():
+                    model = _resolve(spec.loader)(source, target, self.dtype)
+                if offload:
+                    self._attach_offload(model)
+                self._models[name] = model
+            return self._models[name]
+
+    def sd(self) -> SDModels:
+        return self.get("sd")
+
+    def clear(self) -> None:
+        """Forget every loaded model (after an out-of-memory error, say)."""
+        with self._lock:
+            self._models.clear()
+            self._offload_modules.clear()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    # -- model CPU offload -------------------------------------------------------------
+    def _attach_offload(self, model: Any) -> None:
+        """Each model moves to the GPU when it (or one of its direct children, e.g. the VAE's
+        encoder inside `vae.encode`) runs, sending the other models back to the CPU; tensor
+        arguments follow it to the GPU."""
+        modules = [model] if isinstance(model, torch.nn.Module) else \
+            [m for m in vars(model).values() if isinstance(m, torch.nn.Module)]
+        for group in modules:
+            self._offload_modules.append(group)
+            hook = self._make_offload_hook(group)
+            for part in [group, *group.children()]:
+                part.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def _make_offload_hook(self, group: torch.nn.Module):
+        def move(value):
+            if isinstance(value, torch.Tensor):
+                return value.to(self.device)
+            if isinstance(value, (list, tuple)):
+                return type(value)(move(v) for v in value)
+            if isinstance(value, dict):
+                return {k: move(v) for k, v in value.items()}
+            return value
+
+        def hook(_module, args, kwargs):
+            if next(group.parameters()).device != self.device:
+                for other in self._offload_modules:
+                    if other is not group and next(other.parameters()).device.type == "cuda":
+                        other.to("cpu")
+                group.to(self.device)
+            return move(args), move(kwargs)
+        return hook

@@ -1,0 +1,130 @@
+"""Widgets every tab shares: the photo-with-brush input, the seed row, the results panel and
+the fake-weights banner. Conversions from Gradio's values to engine inputs live here too, so
+tabs stay free of image handling."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from engine.types import EditResult
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+EXAMPLES = ASSETS / "examples"
+MAX_SEED = 2**32 - 1
+
+
+def example(name: str) -> str:
+    return str(EXAMPLES / name)
+
+
+def banner(runner) -> None:
+    """A visible warning when the weights are random (tiny / sd15-shape profiles)."""
+    if runner.is_fake:
+        gr.Markdown(
+            f"**Profile `{runner.cache.profile}`: the models have random weights.** Every button works, "
+            "but the outputs are noise. Start with `--profile sd15` (the default) for real edits.",
+            elem_classes=["fake-banner"], elem_id="fake-banner")
+
+
+def photo_with_brush(label: str = "Photo (paint the region to edit, or leave unpainted to edit everywhere)",
+                     elem_id: Optional[str] = None) -> gr.ImageEditor:
+    """An upload box with a white brush layer; the painted pixels are the mask."""
+    return gr.ImageEditor(
+        label=label, type="pil", image_mode="RGBA", sources=("upload", "clipboard"),
+        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
+        eraser=gr.Eraser(default_size=24), layers=False, transforms=(), height=420,
+        elem_id=elem_id)
+
+
+def split_editor(value) -> tuple[Optional[Image.Image], Optional[Image.Image]]:
+    """ImageEditor value -> (photo, mask or None). The mask is L-mode: 255 where painted."""
+    if value is None:
+        return None, None
+    if isinstance(value, Image.Image):
+        return value, None
+    if not isinstance(value, dict):
+        raise gr.Error("The photo could not be read; upload it again.")
+    background = value.get("background")
+    layers = [layer for layer in (value.get("layers") or []) if layer is not None]
+    if background is None:
+        background = value.get("composite")
+    if background is None:
+        return None, None
+    background = _as_pil(background)
+    painted = None
+    for layer in layers:
+        layer = _as_pil(layer)
+        if layer.mode != "RGBA":
+            continue
+        alpha = np.asarray(layer.getchannel("A")) > 0
+        painted = alpha if painted is None else (painted | alpha)
+    if painted is None or not painted.any():
+        return background, None
+    return background, Image.fromarray(painted.astype(np.uint8) * 255, "L")
+
+
+def _as_pil(value) -> Image.Image:
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value)
+    if isinstance(value, str):
+        return Image.open(value)
+    raise gr.Error("The photo could not be read; upload it again.")
+
+
+def seed_row(value: int = 0) -> gr.Number:
+    """A seed box with a button that draws a random seed."""
+    with gr.Row(equal_height=True):
+        seed = gr.Number(value=value, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, scale=4)
+        dice = gr.Button("Random seed", scale=1, size="sm")
+    dice.click(lambda: random.randint(0, MAX_SEED), None, seed, api_name=False, queue=False)
+    return seed
+
+
+@dataclass
+class ResultPanel:
+    results: gr.Gallery
+    compare: gr.ImageSlider
+    intermediates: gr.Gallery
+    details: gr.JSON
+
+    @property
+    def outputs(self) -> list:
+        return [self.results, self.compare, self.intermediates, self.details]
+
+
+def result_panel(num_results_label: str = "Results") -> ResultPanel:
+    compare = gr.ImageSlider(label="Before / after", type="pil", max_height=520)
+    results = gr.Gallery(label=num_results_label, columns=4, height="auto", type="pil", format="png")
+    intermediates = gr.Gallery(label="Intermediates", columns=4, height="auto", type="pil", format="png")
+    details = gr.JSON(label="Run details (seconds, UNet evaluations, parameters)")
+    return ResultPanel(results, compare, intermediates, details)
+
+
+def present(result: EditResult, before: Image.Image, chosen: int = 0) -> tuple:
+    """EditResult -> values for ResultPanel.outputs."""
+    after = result.images[min(chosen, len(result.images) - 1)]
+    if before.size != after.size:
+        before = before.resize(after.size, Image.Resampling.LANCZOS)
+    gallery = [(img, f"seed {result.seed} · result {i + 1}") for i, img in enumerate(result.images)]
+    inter = [(img, name) for name, img in result.intermediates.items()]
+    details = {"seed": result.seed, "seconds": result.seconds, "unet_evals": result.unet_evals,
+               "notes": result.notes, "params": _plain(result.params)}
+    return gallery, (before.convert("RGB"), after), inter, details
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

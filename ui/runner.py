@@ -1,0 +1,82 @@
+"""The bridge between a tab and the engine: runs a method with a Gradio progress bar, turns
+bad input into `gr.Error`, lets a Stop button cancel a running edit, and recovers from
+out-of-memory errors. Holds no per-request state beyond the cancel flags of running requests.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from types import ModuleType
+from typing import Any, Optional
+
+import gradio as gr
+import torch
+
+from engine.types import Cancelled, EditResult, StepInfo
+
+log = logging.getLogger("studio")
+
+OOM_HINT = ("The GPU ran out of memory. Try a smaller resolution or fewer results, or start the app "
+            "with --memory offload. The model cache was cleared; the next request will reload the models.")
+
+
+class Runner:
+    """Runs engine methods for the UI; one per app, shared by every tab and session."""
+
+    def __init__(self, cache):
+        self.cache = cache
+        self._lock = threading.Lock()
+        self._cancel: dict[str, threading.Event] = {}
+
+    @property
+    def is_fake(self) -> bool:
+        return self.cache.is_fake
+
+    def _key(self, request: Optional[gr.Request]) -> str:
+        return getattr(request, "session_hash", None) or "default"
+
+    def stop(self, request: Optional[gr.Request] = None) -> None:
+        """Ask the running edit of this browser session to stop at its next step."""
+        with self._lock:
+            event = self._cancel.get(self._key(request))
+        if event is not None:
+            event.set()
+
+    def call(self, fn, *args, request: Optional[gr.Request] = None, progress: Any = None, **kwargs):
+        """Run `fn(*args, on_step=..., **kwargs)` with progress, cancellation and clear errors."""
+        key = self._key(request)
+        event = threading.Event()
+        with self._lock:
+            self._cancel[key] = event
+
+        def on_step(info: StepInfo) -> None:
+            if event.is_set():
+                raise Cancelled("stopped by the user")
+            if progress is not None:
+                desc = info.stage
+                if info.losses:
+                    desc += " " + " ".join(f"{k}={v:.3g}" for k, v in info.losses.items())
+                progress((info.i, info.n), desc=desc)
+
+        try:
+            return fn(*args, on_step=on_step, **kwargs)
+        except ValueError as exc:
+            raise gr.Error(str(exc), title="Please check the input") from None
+        except Cancelled:
+            raise gr.Error("Stopped. The models are unchanged; run again when ready.", title="Stopped") from None
+        except torch.OutOfMemoryError:
+            self.cache.clear()
+            raise gr.Error(OOM_HINT, title="Out of GPU memory") from None
+        except gr.Error:
+            raise
+        except Exception as exc:  # keep serving; the details go to the server log
+            log.exception("edit failed")
+            raise gr.Error(f"The edit failed: {type(exc).__name__}: {exc}", title="Error") from None
+        finally:
+            with self._lock:
+                if self._cancel.get(key) is event:
+                    del self._cancel[key]
+
+    def run(self, method: ModuleType, inputs, request: Optional[gr.Request] = None,
+            progress: Any = None) -> EditResult:
+        return self.call(method.run, inputs, self.cache, request=request, progress=progress)

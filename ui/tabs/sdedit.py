@@ -1,0 +1,48 @@
+"""SDEdit tab: the baseline. Widgets -> SDEditInputs -> engine; no maths here."""
+from __future__ import annotations
+
+import gradio as gr
+
+from engine.methods import sdedit
+from ui import components as C
+
+TITLE = "SDEdit (baseline)"
+ORDER = 0
+API_NAME = "sdedit"
+
+
+def build(runner) -> None:
+    gr.Markdown("Noise the photo part-way and denoise it towards the prompt (Meng et al., *SDEdit*, 2022). "
+                "Paint a region to change only that region; leave it unpainted to edit the whole photo.")
+    with gr.Row():
+        with gr.Column():
+            photo = C.photo_with_brush(elem_id="sdedit-photo")
+            prompt = gr.Textbox(label="Prompt", placeholder="a photo of a dog", elem_id="sdedit-prompt")
+            strength = gr.Slider(0.05, 1.0, value=0.7, step=0.05, label="Strength (how far to noise the photo)")
+            num_results = gr.Slider(1, 4, value=1, step=1, label="Results")
+            with gr.Accordion("Advanced", open=False):
+                steps = gr.Slider(1, 200, value=50, step=1, label="DDIM steps")
+                cfg = gr.Slider(1.0, 20.0, value=7.5, step=0.5, label="Guidance scale (CFG)")
+                negative = gr.Textbox(label="Negative prompt", value="")
+                resolution = gr.Slider(64, 1024, value=512, step=64, label="Resolution (longest side)")
+            seed = C.seed_row()
+            button = gr.Button("Edit", variant="primary", elem_id="sdedit-run")
+        with gr.Column():
+            panel = C.result_panel()
+
+    def edit(editor, prompt, strength, steps, cfg, num_results, negative, resolution, seed,
+             request: gr.Request, progress=gr.Progress()):
+        image, mask = C.split_editor(editor)
+        if image is None:
+            raise gr.Error("Upload a photo first.")
+        inputs = sdedit.SDEditInputs(image=image, prompt=prompt, strength=strength, steps=steps, cfg=cfg,
+                                     num_results=num_results, negative_prompt=negative, seed=seed, mask=mask,
+                                     resolution=int(resolution) if resolution is not None else 512)
+        result = runner.run(sdedit, inputs, request=request, progress=progress)
+        return C.present(result, image)
+
+    button.click(edit, [photo, prompt, strength, steps, cfg, num_results, negative, resolution, seed],
+                 panel.outputs, api_name=API_NAME, concurrency_id="gpu")
+    gr.Examples([[C.example("cat.png"), "a photo of a tiger", 0.7],
+                 [C.example("coffee.png"), "a cup of green tea on a wooden table", 0.6]],
+                [photo, prompt, strength], label="Examples")
