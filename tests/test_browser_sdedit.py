@@ -13,6 +13,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's ch
 def page(tiny_models):
     from playwright.sync_api import sync_playwright
 
+    tiny_models.sd()  # build and load the tiny models before the browser starts waiting
     with running_app(tiny_models) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
@@ -29,7 +30,10 @@ def test_upload_click_and_see_the_result(page, artifacts):
     page.get_by_label("DDIM steps", exact=False).first.fill("6")
     page.get_by_label("Resolution (longest side)", exact=False).first.fill("128")
     page.locator("#sdedit-run").click()
-    page.wait_for_selector("text=unet_evals", timeout=60_000)
+    try:
+        page.wait_for_selector("text=unet_evals", timeout=120_000)
+    finally:
+        page.screenshot(path=str(artifacts / "sdedit.png"), full_page=True)
     page.wait_for_function("document.querySelectorAll('img').length >= 3", timeout=30_000)
     page.screenshot(path=str(artifacts / "sdedit.png"), full_page=True)
     assert page.locator("#fake-banner").is_visible()
