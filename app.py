@@ -17,6 +17,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--memory", choices=("gpu", "offload"), default="gpu",
                    help="gpu: all models resident; offload: each model moves to the GPU only while it runs")
+    p.add_argument("--outputs", default=os.environ.get("DES_OUTPUTS", "outputs"),
+                   help="folder where every result is saved with its settings (default ./outputs)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=SRC",
                    help=f"override a model's hub id or folder; NAME in {', '.join(COMPONENTS)}")
     return p.parse_args(argv)
@@ -39,7 +41,9 @@ def main(argv=None) -> None:
     from ui import build_demo, launch_kwargs
 
     args = parse_args(argv)
-    demo = build_demo(make_cache(args))
+    from pathlib import Path
+
+    demo = build_demo(make_cache(args), outputs=Path(args.outputs))
     demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port,
                                                    share=args.share, **launch_kwargs())
 

@@ -6,15 +6,17 @@ from pathlib import Path
 CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "studio.css"
 
 
-def build_demo(cache):
-    """A gr.Blocks with one tab per method found in ui/tabs (only methods that exist are shown)."""
+def build_demo(cache, outputs=None):
+    """A gr.Blocks with one tab per method found in ui/tabs (only methods that exist are shown).
+
+    `outputs`: folder where every result is saved with its settings (None: not saved)."""
     import gradio as gr
 
     from ui import components as C
     from ui import tabs
     from ui.runner import Runner
 
-    runner = Runner(cache)
+    runner = Runner(cache, outputs=outputs)
     with gr.Blocks(title="Diffusion Edit Studio") as demo:
         gr.Markdown("# Diffusion Edit Studio\nResearch image-editing methods on Stable Diffusion 1.5, side by side.")
         C.banner(runner)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
 import gradio as gr
 import torch
 
+from engine import history
 from engine.types import Cancelled, EditResult, StepInfo
 
 log = logging.getLogger("studio")
@@ -23,8 +25,9 @@ OOM_HINT = ("The GPU ran out of memory. Try a smaller resolution or fewer result
 class Runner:
     """Runs engine methods for the UI; one per app, shared by every tab and session."""
 
-    def __init__(self, cache):
+    def __init__(self, cache, outputs: Optional[Path] = None):
         self.cache = cache
+        self.outputs = outputs  # None: results are not saved to the history folder
         self._lock = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
 
@@ -79,4 +82,11 @@ class Runner:
 
     def run(self, method: ModuleType, inputs, request: Optional[gr.Request] = None,
             progress: Any = None) -> EditResult:
-        return self.call(method.run, inputs, self.cache, request=request, progress=progress)
+        result = self.call(method.run, inputs, self.cache, request=request, progress=progress)
+        if self.outputs is not None:
+            try:
+                paths = history.save(result, method.NAME, self.cache.profile, self.cache.describe(), self.outputs)
+                result.notes.append(f"saved to {paths[0].parent.name}")
+            except OSError as exc:  # a full disk must not lose the user's result on screen
+                log.warning("could not save the result: %s", exc)
+        return result
