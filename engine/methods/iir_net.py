@@ -1,0 +1,255 @@
+"""IIR-Net (Zhang et al., "Text-to-image editing by image information removal", WACV 2024).
+
+The photo itself conditions the diffusion model, after the information the edit may change has
+been removed from its region of interest (RoI): R(x0) = [x'_k, C(x0)] (Eq. 4-7, see
+engine/core/removal.py). Two modes:
+
+- trained: a ControlNet with 4 conditioning channels, trained with the loss of Eq. 8 by
+  `python -m engine.train.iir_net`, reads R(x0); the image is sampled from noise with 20 DDIM
+  steps and CFG 9 (Sec. 4.1). No trained weights are public, so a checkpoint must be given
+  (a local folder or a hub id; or $DES_IIR_CHECKPOINT).
+- training-free (no checkpoint configured; an approximation, labelled in params.mode and the
+  notes): img2img that starts from the removal image x'_k, with strength growing with the noise
+  level k, under the Canny ControlNet (condition C(x0)), with the latents outside the RoI
+  replaced at every step by the input's latents noised to that step (the input's own latents
+  at the end), so the text-irrelevant content is kept exactly in latent space.
+
+The RoI comes from Grounded-SAM on the RoI text (by default the prompt's noun phrase), from a
+drawn mask, or is the whole image (scene and style edits).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.core import sampling as S
+from engine.core.iir_checkpoint import configured, load_iir_controlnet, preflight
+from engine.core.image import load_image
+from engine.core.masks import coverage, mask_from_image, overlay, to_latent
+from engine.core.phrases import noun_phrase
+from engine.core.removal import MAX_NOISE, condition, edge_tensor, mask_tensor, removal_image
+from engine.methods.common import RunLog, check_number, check_seed, check_text
+from engine.types import EditResult, StepCallback
+
+NAME = "iir-net"
+TITLE = "IIR-Net"
+ORDER = 3
+SUMMARY = ("Text edits that keep what the text does not mention: erase colour (and, with noise, "
+           "texture) inside the region, then regenerate it from the prompt.")
+
+# Training-free img2img strength from the noise level: s = MIN_STRENGTH + (1 - MIN_STRENGTH) k / K.
+# k = 0 (colour only) still needs room to repaint the gray region; s >= k / K always, so the
+# latent noise covers at least as much as the pixel noise put in at level k.
+MIN_STRENGTH = 0.6
+
+
+@dataclass(frozen=True)
+class IIRNetInputs:
+    image: Image.Image
+    prompt: str
+    roi_text: Optional[str] = None  # default: the prompt's noun phrase
+    mask: Optional[Image.Image] = None
+    whole_image: bool = False
+    noise: int = 0  # k of Eq. 5-6, 0..MAX_NOISE: 0 = colour edits, high = texture edits
+    canny_low: int = 100
+    canny_high: int = 200
+    steps: int = 20  # Sec. 4.1: 20 DDIM steps
+    cfg: float = 9.0  # Sec. 4.1: CFG 9
+    seed: int = 0
+    checkpoint: Optional[str] = None
+    resolution: int = 512
+
+
+def strength_for(noise: int) -> float:
+    """The training-free img2img strength for noise level k (see MIN_STRENGTH)."""
+    return MIN_STRENGTH + (1.0 - MIN_STRENGTH) * noise / MAX_NOISE
+
+
+def denoise(unet, scheduler, ts, x, cond, uncond, cfg: float, control: S.Control, log: RunLog,
+            keep: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+    """DDIM with CFG and a ControlNet over the timesteps `ts`, from latents `x` (at level ts[0]).
+
+    keep = (z0, m, noise): after every step the latents where m = 0 become z0 noised to the
+    next level with the same noise (z0 itself after the last step): the training-free mode's
+    background blending. Trained mode passes keep=None (the paper samples freely).
+    """
+    for i, t in enumerate(ts):
+        eps = S.predict_noise(unet, x, t, cond, log.counter, uncond=uncond, cfg=cfg, control=control)
+        x = S.ddim_step(scheduler, eps, t, x)
+        if keep is not None:
+            z0, m, noise = keep
+            last = i == len(ts) - 1
+            background = z0 if last else S.add_noise(scheduler, z0, noise, S.previous_timestep(scheduler, t))
+            x = S.blend(x, background, m)
+        log.step("denoise", i + 1, len(ts))
+    return x
+
+
+def training_free_latents(sd, scheduler, canny_net, edges_rgb: torch.Tensor, z0: torch.Tensor,
+                          z_removal: torch.Tensor, m_lat: torch.Tensor, cond, uncond, steps: int,
+                          strength: float, cfg: float, noise: torch.Tensor, log: RunLog) -> torch.Tensor:
+    """Img2img from the removal image's latents under the Canny ControlNet, background kept.
+
+    Returns the final latents: equal to z0 wherever m_lat = 0.
+    """
+    ts = S.sdedit_timesteps(scheduler, steps, strength, z0.device)
+    x = S.add_noise(scheduler, z_removal, noise, ts[0])
+    x = S.blend(x, S.add_noise(scheduler, z0, noise, ts[0]), m_lat)
+    control = S.Control([canny_net], [edges_rgb], [1.0])
+    return denoise(sd.unet, scheduler, ts, x, cond, uncond, cfg, control, log, keep=(z0, m_lat, noise))
+
+
+def trained_latents(sd, scheduler, controlnet, r_x0: torch.Tensor, cond, uncond, steps: int,
+                    cfg: float, noise: torch.Tensor, log: RunLog) -> torch.Tensor:
+    """Sampling of Sec. 3.1: eps_theta(z_t, t, tau1(S), tau2(R(x0))) from z_T = noise, DDIM."""
+    ts = S.timesteps(scheduler, steps, noise.device)
+    x = noise * scheduler.init_noise_sigma
+    control = S.Control([controlnet], [r_x0], [1.0])
+    return denoise(sd.unet, scheduler, ts, x, cond, uncond, cfg, control, log)
+
+
+def plan_roi(inputs: IIRNetInputs, image: Image.Image, prompt: str) -> tuple[Optional[np.ndarray], Optional[str], dict, list]:
+    """Checked before any model loads: (mask, None) for the whole image or a drawn mask, else
+    (None, phrase) for Grounded-SAM; a prompt with no noun and no mask fails here, fast."""
+    if not isinstance(inputs.whole_image, (bool, np.bool_)):
+        raise ValueError(f"whole_image must be true or false, got {inputs.whole_image!r}")
+    if inputs.whole_image:
+        notes = ["whole image selected: the drawn mask was ignored"] if inputs.mask is not None else []
+        return np.ones((image.height, image.width), np.float32), None, {"roi_source": "whole image"}, notes
+    if inputs.mask is not None:
+        mask = mask_from_image(inputs.mask, image.size)
+        if mask.max() <= 0:
+            raise ValueError("the mask is empty: paint the region to edit, or clear it to find the "
+                             "region from the RoI text")
+        return mask, None, {"roi_source": "mask"}, []
+    roi = check_text("RoI text", inputs.roi_text, allow_empty=True, max_len=200)
+    roi = roi or noun_phrase(prompt)
+    if roi is None:
+        raise ValueError(f"the prompt {prompt!r} names no object to find in the photo: type the "
+                         "region in 'RoI text', draw a mask, or choose 'whole image' for scene "
+                         "and style edits")
+    return None, roi, {"roi_source": "grounded-sam", "roi_text": roi}, []
+
+
+def segment_roi(models, image: Image.Image, phrase: str) -> tuple[np.ndarray, list, str]:
+    """Grounded-SAM (GroundingDINO boxes -> SAM masks) for the phrase; nothing found -> ValueError."""
+    from engine.core.segment import grounded_sam
+
+    found = grounded_sam(models.get("grounding_dino"), models.get("sam"), image, phrase)
+    if not found.mask.any():
+        raise ValueError(f"Grounded-SAM found nothing matching {phrase!r} in the photo: draw the mask, "
+                         "or change the RoI text")
+    return found.mask.astype(np.float32), [b.to_dict() for b in found.boxes], found.message
+
+
+def run(inputs: IIRNetInputs, models, on_step: Optional[StepCallback] = None) -> EditResult:
+    # -- 1. validate ---------------------------------------------------------------------------
+    image = load_image(inputs.image, inputs.resolution)
+    prompt = check_text("prompt", inputs.prompt)
+    noise_k = check_number("noise level", inputs.noise, 0, MAX_NOISE, integer=True)
+    low = check_number("Canny low threshold", inputs.canny_low, 0, 255, integer=True)
+    high = check_number("Canny high threshold", inputs.canny_high, 0, 255, integer=True)
+    if low > high:
+        raise ValueError(f"the Canny low threshold ({low}) must not exceed the high one ({high})")
+    steps = check_number("steps", inputs.steps, 1, 200, integer=True)
+    cfg = check_number("guidance scale (CFG)", inputs.cfg, 1.0, 30.0)
+    seed = check_seed(inputs.seed)
+    checkpoint = configured(inputs.checkpoint)
+    if checkpoint:
+        preflight(checkpoint)
+    mask, phrase, roi_params, roi_notes = plan_roi(inputs, image, prompt)
+
+    log = RunLog(on_step)
+    sd = models.sd()
+    device = models.device
+    scheduler = sd.scheduler()
+    gen = S.make_generator(seed, device)
+    with torch.no_grad():
+        # -- 2. the region of interest (Grounded-SAM, a drawn mask, or everything) -------------
+        with log.stage("roi"):
+            log.notes.extend(roi_notes)
+            if mask is None:
+                mask, roi_params["boxes"], message = segment_roi(models, image, phrase)
+                log.notes.append(message)
+        # -- 3. R(x0) = [x'_k, C(x0)] (Eq. 4-7) ---------------------------------------------------
+        with log.stage("removal"):
+            x = S.pil_to_tensor(image)
+            m = mask_tensor(mask)
+            eps_img = S.randn(x.shape, gen, "cpu", torch.float32)
+            x_k = removal_image(x, m, noise_k, eps_img, scheduler.alphas_cumprod)
+            edges = edge_tensor(image, low, high)
+            removal_pil = S.tensor_to_pil(x_k)[0]
+        controlnet = load_iir_controlnet(checkpoint, sd.unet, device, models.dtype) if checkpoint else None
+        canny_net = None if controlnet is not None else models.get("controlnet_canny")
+        with log.stage("encode"):
+            cond = S.encode_prompts(sd, [prompt])
+            uncond = S.encode_prompts(sd, [""])
+            if controlnet is None:  # training-free: img2img needs the photo's and x'_k's latents
+                z0 = S.encode_image(sd, image)
+                z_removal = S.encode_image(sd, removal_pil)
+        shape = (1, sd.unet.config.in_channels, image.height // sd.vae_scale, image.width // sd.vae_scale)
+        latent_noise = S.randn(shape, gen, device, models.dtype)
+        # -- 4. sampling ------------------------------------------------------------------------
+        with log.stage("denoise"):
+            if controlnet is not None:
+                r_x0 = condition(x_k, edges).to(device)
+                z = trained_latents(sd, scheduler, controlnet, r_x0, cond, uncond, steps, cfg,
+                                    latent_noise, log)
+                mode, strength = "trained", None
+                log.notes.append(f"trained IIR-Net ControlNet from {checkpoint}")
+            else:
+                m_lat = to_latent(mask, shape[-2], shape[-1], device, z0.dtype)
+                strength = strength_for(noise_k)
+                edges_rgb = edges.expand(-1, 3, -1, -1).to(device)
+                z = training_free_latents(sd, scheduler, canny_net, edges_rgb, z0, z_removal, m_lat, cond,
+                                          uncond, steps, strength, cfg, latent_noise, log)
+                mode = "training-free"
+                log.notes.append("training-free approximation: no trained IIR-Net checkpoint is configured, "
+                                 "so the removal image is repainted by img2img under the Canny ControlNet "
+                                 "with the background kept from the input")
+        with log.stage("decode"):
+            images = S.decode_latents(sd, z)
+
+    intermediates = {
+        "roi": overlay(image, mask),
+        "removal": removal_pil,
+        "edges": Image.fromarray((edges[0, 0].numpy() * 255).astype(np.uint8)).convert("RGB"),
+    }
+    params = {k: v for k, v in asdict(inputs).items() if k not in ("image", "mask")}
+    params.update(roi_params, mode=mode, noise=noise_k, max_noise=MAX_NOISE, canny_low=low, canny_high=high,
+                  steps=steps, cfg=cfg, checkpoint=checkpoint, roi_coverage=round(coverage(mask), 4),
+                  masked=inputs.mask is not None and not inputs.whole_image)
+    if strength is not None:
+        params["strength"] = round(strength, 4)
+    return EditResult(images=images, intermediates=intermediates, seed=seed, seconds=log.finish(),
+                      unet_evals=log.counter.as_dict(), params=params, notes=log.notes)
+
+
+# -- command line ---------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", required=True, help="the edited photo's description, e.g. 'a green airplane'")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--roi", help="what to edit, found with Grounded-SAM (default: the prompt's noun phrase)")
+    where.add_argument("--mask", help="PNG mask: white = edit, black = keep")
+    where.add_argument("--whole-image", action="store_true", help="edit everywhere (scene or style edits)")
+    parser.add_argument("--noise", type=int, default=0,
+                        help=f"noise level k, 0..{MAX_NOISE}: 0 erases colour only, higher erases texture too")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cfg", type=float, default=9.0)
+    parser.add_argument("--checkpoint", default=None,
+                        help="trained IIR-Net ControlNet (folder or hub id); none = training-free mode")
+    parser.add_argument("--canny-low", type=int, default=100)
+    parser.add_argument("--canny-high", type=int, default=200)
+
+
+def inputs_from_args(args, image: Image.Image, open_image) -> IIRNetInputs:
+    return IIRNetInputs(image=image, prompt=args.prompt, roi_text=args.roi,
+                        mask=open_image(args.mask) if args.mask else None, whole_image=args.whole_image,
+                        noise=args.noise, canny_low=args.canny_low, canny_high=args.canny_high,
+                        steps=args.steps, cfg=args.cfg, seed=args.seed, checkpoint=args.checkpoint,
+                        resolution=args.resolution)

@@ -1,0 +1,351 @@
+"""Train IIR-Net's ControlNet (Zhang et al., IIR-Net, Sec. 3 and 4.1).
+
+    python -m engine.train.iir_net --data FOLDER_OR_DATASET --out DIR [--steps N] [--batch 8]
+        [--lr 1e-6] [--resolution 512] [--profile sd15|tiny] [--resume] [--overwrite]
+
+- The ControlNet starts as a copy of the UNet's encoder (`ControlNetModel.from_unet`) with a
+  4-channel conditioning input (Sec. 4.1: 3 channels for the image, 1 for the edge map).
+- For each image, the RoI comes from Grounded-SAM on the caption's noun phrase (the whole image
+  when the caption names no object or nothing is found), cached under DIR/rois/.
+- Each sample draws its own noise level k in {0..K} (Sec. 3.2) and builds R(x0) (Eq. 4-7).
+- The loss is Eq. 8: || eps - eps_theta(z_t, t, tau1(S), tau2(R(x0))) ||^2, the standard
+  epsilon objective, with t uniform in {0..999}.
+- AdamW updates the ControlNet only; the UNet, VAE and text encoder stay frozen (and are never
+  written to). Mixed precision (autocast fp16 + gradient scaling) on a GPU.
+- DIR is itself the checkpoint (config.json + diffusion_pytorch_model.safetensors): pass it to
+  `python -m engine iir-net --checkpoint DIR`. Optimizer, RNG and data order are saved beside it
+  (trainer_state.safetensors + trainer_state.json), so --resume continues a run exactly; a
+  finished checkpoint is never replaced unless --overwrite is given.
+Bad data or output folders: one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from engine.core import sampling as S
+from engine.core.iir_checkpoint import WEIGHTS
+from engine.core.phrases import noun_phrase
+from engine.core.removal import CONDITION_CHANNELS, MAX_NOISE, condition, edge_tensor, mask_tensor, removal_image
+from engine.train.iir_data import DataError, open_data, square
+
+STATE_JSON = "trainer_state.json"
+STATE_TENSORS = "trainer_state.safetensors"
+META = "iir_net.json"
+OWN_FILES = ("config.json", WEIGHTS, STATE_JSON, STATE_TENSORS, META)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.__main__ import _model_override
+    from engine.models import PROFILES
+
+    p = argparse.ArgumentParser(prog="python -m engine.train.iir_net", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="folder of images + captions (.txt or metadata.jsonl) or a dataset name")
+    p.add_argument("--out", required=True, help="output folder: the checkpoint and the training state")
+    p.add_argument("--steps", type=int, default=1000, help="total optimisation steps")
+    p.add_argument("--batch", type=int, default=8, help="images per step (the paper: 8)")
+    p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (the paper's maximum: 1e-6)")
+    p.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up")
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0 = off)")
+    p.add_argument("--resolution", type=int, default=512, help="square training size in pixels")
+    p.add_argument("--max-noise", type=int, default=MAX_NOISE, help=f"K: k is drawn from 0..K (at most {MAX_NOISE})")
+    p.add_argument("--roi", choices=("grounded-sam", "whole"), default="grounded-sam",
+                   help="RoIs from Grounded-SAM on the caption's noun, or always the whole image")
+    p.add_argument("--canny-low", type=int, default=100)
+    p.add_argument("--canny-high", type=int, default=200)
+    p.add_argument("--caption-dropout", type=float, default=0.0, help="probability of an empty caption")
+    p.add_argument("--split", default="train", help="dataset split (dataset names only)")
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--eval-every", type=int, default=100, help="loss on a fixed batch every N steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
+    p.add_argument("--profile", choices=PROFILES, default="sd15")
+    p.add_argument("--device", default=None)
+    p.add_argument("--model", action="append", type=_model_override, default=[], metavar="NAME=SRC")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def check_args(a) -> None:
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise ValueError(msg)
+    need(a.steps >= 1, f"--steps must be at least 1, got {a.steps}")
+    need(a.batch >= 1, f"--batch must be at least 1, got {a.batch}")
+    need(0 < a.lr < 1, f"--lr must be between 0 and 1, got {a.lr}")
+    need(a.warmup >= 0 and a.weight_decay >= 0 and a.grad_clip >= 0, "--warmup, --weight-decay, --grad-clip must be >= 0")
+    need(64 <= a.resolution <= 1024 and a.resolution % 8 == 0,
+         f"--resolution must be a multiple of 8 between 64 and 1024, got {a.resolution}")
+    need(0 <= a.max_noise <= MAX_NOISE, f"--max-noise must be between 0 and {MAX_NOISE}, got {a.max_noise}")
+    need(0 <= a.canny_low <= a.canny_high <= 255, "Canny thresholds need 0 <= low <= high <= 255")
+    need(0 <= a.caption_dropout <= 1, f"--caption-dropout must be between 0 and 1, got {a.caption_dropout}")
+    need(a.save_every >= 1 and a.eval_every >= 1, "--save-every and --eval-every must be at least 1")
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> Optional[dict]:
+    """The saved state to resume from, or None for a fresh run; refuses to clobber a checkpoint."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    state_file = out / STATE_JSON
+    state = json.loads(state_file.read_text()) if state_file.is_file() else None
+    has_model = (out / "config.json").exists() or (out / WEIGHTS).exists()
+    if overwrite:
+        for name in OWN_FILES:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "rois", ignore_errors=True)
+        return None
+    if state is not None and state.get("finished"):
+        raise ValueError(f"{out} already holds a finished IIR-Net checkpoint ({state['step']} steps); pass "
+                         "--overwrite to replace it, or choose another --out")
+    if state is not None and not resume:
+        raise ValueError(f"{out} holds an unfinished run (step {state['step']} of {state['total_steps']}): "
+                         "pass --resume to continue it, or --overwrite to start over")
+    if state is None and has_model:
+        raise ValueError(f"{out} already holds a model that this script did not start; pass --overwrite "
+                         "to replace it, or choose another --out")
+    if state is None and resume:
+        print(f"nothing to resume in {out}: starting a new run", file=sys.stderr)
+    return state
+
+
+class RoIs:
+    """Per-image RoI masks (Grounded-SAM on the caption's noun, or the whole image), cached as PNGs."""
+
+    def __init__(self, models, mode: str, folder: Path):
+        self.models, self.mode, self.folder = models, mode, folder
+        self.counts = {"grounded-sam": 0, "whole image": 0}
+
+    def __call__(self, i: int, image: Image.Image, caption: str) -> torch.Tensor:
+        file = self.folder / f"{image.width}" / f"{i:08d}.png"
+        if self.mode == "whole":
+            mask = np.ones((image.height, image.width), np.float32)
+        elif file.is_file():
+            mask = np.asarray(Image.open(file), dtype=np.float32) / 255.0
+        else:
+            mask = self._segment(image, caption)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((mask * 255).astype(np.uint8)).save(file)
+        return mask_tensor(mask)
+
+    def _segment(self, image: Image.Image, caption: str) -> np.ndarray:
+        from engine.core.segment import grounded_sam
+
+        phrase = noun_phrase(caption)
+        if phrase is not None:
+            found = grounded_sam(self.models.get("grounding_dino"), self.models.get("sam"), image, phrase)
+            if found.mask.any():
+                self.counts["grounded-sam"] += 1
+                return found.mask.astype(np.float32)
+        self.counts["whole image"] += 1
+        return np.ones((image.height, image.width), np.float32)
+
+
+class Order:
+    """Epoch-wise random order of the data, from the run's generator; state saved for --resume."""
+
+    def __init__(self, n: int, gen: torch.Generator):
+        self.n, self.gen = n, gen
+        self.perm, self.pos = torch.randperm(n, generator=gen), 0
+
+    def take(self, b: int) -> list[int]:
+        out = []
+        while len(out) < b:
+            if self.pos >= self.n:
+                self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            out.append(int(self.perm[self.pos]))
+            self.pos += 1
+        return out
+
+
+def make_batch(data, ids, args, rois: RoIs, sd, alphas, gen, device, dropout: bool = True):
+    """Everything one step of Eq. 8 needs: z0, text embeddings, R(x0), t and the target noise."""
+    images = [square(data.image(i), args.resolution) for i in ids]
+    captions = [data.caption(i) for i in ids]
+    if dropout and args.caption_dropout > 0:
+        drop = torch.rand(len(ids), generator=gen) < args.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+    x = torch.cat([S.pil_to_tensor(img) for img in images])
+    m = torch.cat([rois(i, img, data.caption(i)) for i, img in zip(ids, images)])
+    edges = torch.cat([edge_tensor(img, args.canny_low, args.canny_high) for img in images])
+    k = torch.randint(0, args.max_noise + 1, (len(ids),), generator=gen)  # a random k per sample (Sec. 3.2)
+    r = condition(removal_image(x, m, k, torch.randn(x.shape, generator=gen), alphas), edges)  # Eq. 4-7
+    with torch.no_grad():
+        dist = sd.vae.encode(x.to(device, sd.vae.dtype)).latent_dist
+        eps_vae = torch.randn(dist.mean.shape, generator=gen).to(device, dist.mean.dtype)
+        z0 = ((dist.mean + dist.std * eps_vae) * sd.vae.config.scaling_factor).float()
+        emb = S.encode_prompts(sd, captions)
+    t = torch.randint(0, len(alphas), (len(ids),), generator=gen)
+    noise = torch.randn(z0.shape, generator=gen).to(device)
+    a = alphas[t].to(device).view(-1, 1, 1, 1)
+    z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise  # q(z_t | z_0)
+    return z_t, t.to(device), emb, r.to(device), noise
+
+
+def iir_loss(controlnet, unet, z_t, t, emb, r, noise) -> torch.Tensor:
+    """Eq. 8: || eps - eps_theta(z_t, t, tau1(S), tau2(R(x0))) ||^2 (mean over elements)."""
+    down, mid = controlnet(z_t, t, encoder_hidden_states=emb, controlnet_cond=r, return_dict=False)
+    eps = unet(z_t, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
+               mid_block_additional_residual=mid).sample
+    return F.mse_loss(eps.float(), noise.float())
+
+
+def save(out: Path, controlnet, opt, scaler, gen, order: Order, step: int, finished: bool, record: dict, args) -> None:
+    """The checkpoint (safetensors via save_pretrained) and the state to resume; the JSON goes last."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".saving"
+    shutil.rmtree(tmp, ignore_errors=True)
+    controlnet.save_pretrained(tmp, safe_serialization=True)
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
+    opt_state = opt.state_dict()
+    tensors = {f"optimizer.{pid}.{name}": torch.as_tensor(v).detach().cpu().contiguous()
+               for pid, st in opt_state["state"].items() for name, v in st.items()}
+    tensors["rng.generator"] = gen.get_state()
+    tensors["rng.order"] = order.perm.clone()
+    save_file(tensors, str(out / (STATE_TENSORS + ".tmp")))
+    os.replace(out / (STATE_TENSORS + ".tmp"), out / STATE_TENSORS)
+    (out / META).write_text(json.dumps({
+        "format": "iir-net-controlnet", "conditioning_channels": CONDITION_CHANNELS, "max_noise": args.max_noise,
+        "canny_low": args.canny_low, "canny_high": args.canny_high, "resolution": args.resolution,
+        "condition": "channels 0-2: removal image x'_k in [-1, 1] (unclamped); channel 3: Canny edges in {0, 1}",
+    }, indent=2))
+    state = dict(record, step=step, total_steps=args.steps, finished=finished, order_pos=order.pos,
+                 optimizer_param_groups=opt_state["param_groups"], grad_scale=float(scaler.get_scale())
+                 if scaler.is_enabled() else None,
+                 args={k: v for k, v in vars(args).items() if k != "model"}, saved=time.strftime("%Y-%m-%d %H:%M:%S"))
+    (out / (STATE_JSON + ".tmp")).write_text(json.dumps(state, indent=1))
+    os.replace(out / (STATE_JSON + ".tmp"), out / STATE_JSON)
+
+
+def restore(out: Path, state: dict, opt, gen, order: Order) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(out / STATE_TENSORS))
+    opt_state = {"state": {}, "param_groups": state["optimizer_param_groups"]}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, pid, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(pid), {})[name] = value
+    opt.load_state_dict(opt_state)
+    gen.set_state(tensors["rng.generator"])
+    order.perm, order.pos = tensors["rng.order"], int(state["order_pos"])
+
+
+def train(args, models=None) -> dict:
+    """Run (or resume) training; returns the record written to trainer_state.json."""
+    from diffusers import ControlNetModel
+
+    from engine.models import ModelCache
+
+    check_args(args)
+    data = open_data(args.data, args.split)
+    out = Path(args.out)
+    state = prepare_out(out, args.resume, args.overwrite)
+    models = models or ModelCache(args.profile, device=args.device, overrides=dict(args.model))
+    sd = models.sd()
+    device = models.device
+    for frozen in (sd.unet, sd.vae, sd.text_encoder):
+        assert not any(p.requires_grad for p in frozen.parameters()), "base models must be frozen"
+    if state is not None:
+        controlnet = ControlNetModel.from_pretrained(out, torch_dtype=torch.float32, use_safetensors=True)
+    else:  # initialised from the UNet, with a 4-channel condition (Sec. 4.1)
+        with torch.random.fork_rng(devices=[]):  # the new condition encoder's init, seeded, global RNG kept
+            torch.manual_seed(args.seed)
+            controlnet = ControlNetModel.from_unet(sd.unet, conditioning_channels=CONDITION_CHANNELS)
+    controlnet = controlnet.to(device).train()  # fp32 master weights (from_unet builds in fp32)
+    controlnet.requires_grad_(True)
+    opt = torch.optim.AdamW(controlnet.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    use_amp = device.type == "cuda" and not args.no_amp
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    gen = torch.Generator().manual_seed(args.seed)
+    order = Order(len(data), gen)
+    record = {"loss": [], "eval_loss": [], "data": data.description}
+    start = 0
+    if state is not None:
+        restore(out, state, opt, gen, order)
+        if use_amp and state.get("grad_scale"):
+            scaler.update(float(state["grad_scale"]))
+        record = {"loss": state.get("loss", []), "eval_loss": state.get("eval_loss", []), "data": data.description}
+        start = int(state["step"])
+        if start >= args.steps:
+            raise ValueError(f"the run in {out} is already at step {start}; pass --steps above {start} to continue it")
+    alphas = sd.scheduler().alphas_cumprod.float()
+    rois = RoIs(models, args.roi, out / "rois")
+
+    # A fixed batch (first images, fixed k, t and noise) whose loss is comparable across steps.
+    eval_gen = torch.Generator().manual_seed(args.seed + 1)
+    eval_ids = list(range(min(len(data), max(args.batch, 4))))
+    eval_batch = make_batch(data, eval_ids, args, rois, sd, alphas, eval_gen, device, dropout=False)
+
+    def evaluate(step: int) -> None:
+        controlnet.eval()
+        with torch.no_grad(), torch.autocast(device.type, torch.float16, enabled=use_amp):
+            record["eval_loss"].append([step, float(iir_loss(controlnet, sd.unet, *eval_batch))])
+        controlnet.train()
+
+    if start == 0:
+        evaluate(0)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=args.steps, initial=start, desc="IIR-Net", unit="step", disable=args.quiet, file=sys.stderr)
+    try:
+        for step in range(start + 1, args.steps + 1):
+            for group in opt.param_groups:  # linear warm-up to the maximum learning rate
+                group["lr"] = args.lr * min(1.0, step / args.warmup) if args.warmup else args.lr
+            batch = make_batch(data, order.take(args.batch), args, rois, sd, alphas, gen, device)
+            with torch.autocast(device.type, torch.float16, enabled=use_amp):
+                loss = iir_loss(controlnet, sd.unet, *batch)
+            scaler.scale(loss).backward()
+            if args.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(controlnet.parameters(), args.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            value = float(loss.detach())
+            record["loss"].append(value)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if step % args.eval_every == 0 or step == args.steps:
+                evaluate(step)
+            if step % args.save_every == 0 or step == args.steps:
+                record["rois"] = dict(rois.counts)
+                save(out, controlnet, opt, scaler, gen, order, step, step == args.steps, record, args)
+    finally:
+        bar.close()
+    return record
+
+
+def main(argv=None, models=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        record = train(args, models)
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    evals = record["eval_loss"]
+    if evals:
+        print(f"fixed-batch loss {evals[0][1]:.4f} -> {evals[-1][1]:.4f}", file=sys.stderr)
+    print(f"wrote {args.out} (use it with: python -m engine iir-net --checkpoint {args.out} ...)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

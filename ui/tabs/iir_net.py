@@ -1,0 +1,88 @@
+"""IIR-Net tab: text edits that keep what the text does not mention. Widgets -> IIRNetInputs ->
+engine; no maths here. The badge always says which mode runs (trained or training-free)."""
+from __future__ import annotations
+
+import gradio as gr
+
+from engine.core.iir_checkpoint import configured
+from engine.core.phrases import noun_phrase
+from engine.core.removal import MAX_NOISE
+from engine.methods import iir_net
+from ui import components as C
+
+TITLE = "IIR-Net"
+ORDER = 3
+API_NAME = "iir_net"
+
+TRAINED = "**Mode: trained IIR-Net** — a ControlNet trained on the removal module's output reads the photo ({})."
+FREE = ("**Mode: training-free approximation** — no trained IIR-Net checkpoint is configured, so the removal "
+        "image is repainted by img2img under the Canny ControlNet and the background is copied from the photo. "
+        "Train one with `python -m engine.train.iir_net` and give its folder below.")
+
+
+def badge_text(checkpoint: str | None = None, mode: str | None = None) -> str:
+    """The mode badge: from a finished run's params.mode, or from the checkpoint field."""
+    try:
+        source = configured(checkpoint)
+    except ValueError:
+        source = None
+    if mode == "trained" or (mode is None and source):
+        return TRAINED.format(f"`{source}`" if source else "checkpoint")
+    return FREE
+
+
+def roi_from_prompt(prompt: str) -> str:
+    return noun_phrase(prompt or "") or ""
+
+
+def build(runner) -> None:
+    gr.Markdown("Edit what the prompt mentions and keep the rest (Zhang et al., *IIR-Net*, 2024). The region "
+                "to edit is found from the RoI text with Grounded-SAM, painted with the brush, or the whole "
+                "image. Inside it, colour is erased, and with the noise slider texture too; edges keep the shape.")
+    badge = gr.Markdown(badge_text(), elem_id="iir-net-mode")
+    with gr.Row():
+        with gr.Column():
+            photo = C.photo_with_brush(label="Photo (paint the region to edit, or leave unpainted to find it "
+                                             "from the RoI text)", elem_id="iir-net-photo")
+            prompt = gr.Textbox(label="Prompt", placeholder="a green airplane", elem_id="iir-net-prompt")
+            roi_text = gr.Textbox(label="RoI text (what to edit; filled from the prompt's noun, editable)",
+                                  placeholder="airplane", elem_id="iir-net-roi")
+            whole = gr.Checkbox(label="Whole image (scene and style edits: sunset, winter, painting...)", value=False)
+            noise = gr.Slider(0, MAX_NOISE, value=0, step=10,
+                              label="Noise level k (0 = change colour only; higher = change texture too)")
+            checkpoint = gr.Textbox(label="Trained IIR-Net checkpoint (folder or hub id; empty = training-free)",
+                                    placeholder="outputs/iir-net", elem_id="iir-net-checkpoint")
+            with gr.Accordion("Advanced", open=False):
+                canny_low = gr.Slider(0, 255, value=100, step=1, label="Canny low threshold")
+                canny_high = gr.Slider(0, 255, value=200, step=1, label="Canny high threshold")
+                steps = gr.Slider(1, 100, value=20, step=1, label="DDIM steps")
+                cfg = gr.Slider(1.0, 20.0, value=9.0, step=0.5, label="Guidance scale (CFG)")
+                resolution = gr.Slider(64, 1024, value=512, step=64, label="Resolution (longest side)")
+            seed = C.seed_row()
+            button = gr.Button("Edit", variant="primary", elem_id="iir-net-run")
+        with gr.Column():
+            panel = C.result_panel("Edit")
+
+    prompt.change(roi_from_prompt, prompt, roi_text, api_name=False, queue=False)
+    checkpoint.change(lambda c: badge_text(c), checkpoint, badge, api_name=False, queue=False)
+
+    def edit(editor, prompt, roi, whole_image, noise, canny_low, canny_high, steps, cfg, resolution, seed,
+             checkpoint, request: gr.Request, progress=gr.Progress()):
+        image, mask = C.split_editor(editor)
+        if image is None:
+            raise gr.Error("Upload a photo first.")
+        inputs = iir_net.IIRNetInputs(image=image, prompt=prompt, roi_text=roi or None, mask=mask,
+                                      whole_image=bool(whole_image), noise=noise, canny_low=canny_low,
+                                      canny_high=canny_high, steps=steps, cfg=cfg, seed=seed,
+                                      checkpoint=checkpoint or None,
+                                      resolution=int(resolution) if resolution is not None else 512)
+        result = runner.run(iir_net, inputs, request=request, progress=progress)
+        return (*C.present(result, image), badge_text(checkpoint, result.params.get("mode")))
+
+    button.click(edit, [photo, prompt, roi_text, whole, noise, canny_low, canny_high, steps, cfg, resolution, seed,
+                        checkpoint], [*panel.outputs, badge], api_name=API_NAME, concurrency_id="gpu")
+    gr.Examples([[C.example("cat.png"), "a white cat", "cat", False, 0],
+                 [C.example("coffee.png"), "a green cup", "cup", False, 0],
+                 [C.example("rocket.jpg"), "a red rocket", "rocket", False, 300],
+                 [C.example("grass.png"), "sand", "", True, 800]],
+                [photo, prompt, roi_text, whole, noise], label="Examples")
