@@ -29,6 +29,9 @@ class Runner:
         self.cache = cache
         self.outputs = outputs  # None: results are not saved to the history folder
         self._lock = threading.Lock()
+        # One engine run at a time: Gradio may start the next queued event while a cancelled
+        # run's thread still finishes its current step; this lock makes the next one wait.
+        self._gpu = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
 
     @property
@@ -62,7 +65,8 @@ class Runner:
                 progress((info.i, info.n), desc=desc)
 
         try:
-            return fn(*args, on_step=on_step, **kwargs)
+            with self._gpu:
+                return fn(*args, on_step=on_step, **kwargs)
         except ValueError as exc:
             raise gr.Error(str(exc), title="Please check the input") from None
         except Cancelled:
