@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from engine.core import masks as MK
+from engine.core import blended
 from engine.core import sampling as S
 from engine.core.image import load_image
 from engine.methods.common import RunLog, check_number, check_seed, check_text
@@ -66,22 +67,11 @@ def masked_sdedit(unet, scheduler, x0: torch.Tensor, noise: torch.Tensor, cond: 
     mask: (1, 1, h, w) with 1 = edit. Returns the final latents (B, C, h, w), which equal x0
     exactly wherever mask = 0.
     """
+    # SDEdit start z_t = sqrt(a_t) z_1 + sqrt(1-a_t) eps (Eq. 2), DDIM steps, and Eq. 13's blend
+    # z~_t = (1 - M) * z_t + M * z~_t after every step (z_1 itself after the last: blending at t = 0).
     ts = S.sdedit_timesteps(scheduler, steps, strength, x0.device)
-    b = noise.shape[0]
-    z1 = x0.expand(b, -1, -1, -1)
-    # SDEdit: start from the input corrupted to the first timestep, z_t = sqrt(a_t) z_1 + sqrt(1-a_t) eps (Eq. 2).
-    x = S.add_noise(scheduler, z1, noise, ts[0])
-    for i, t in enumerate(ts):
-        eps = S.predict_noise(unet, x, t, cond, counter, uncond=uncond, cfg=cfg)
-        x = S.ddim_step(scheduler, eps, t, x)  # DDIM sampling step (Song et al.)
-        last = i == len(ts) - 1
-        # Eq. 13: z~_t = (1 - M) * z_t + M * z~_t, with z_t the input noised to the new step;
-        # after the last step z_t is the input's latents themselves (blending at t = 0).
-        background = z1 if last else S.add_noise(scheduler, z1, noise, S.previous_timestep(scheduler, t))
-        x = S.blend(x, background, mask)
-        if on_step:
-            on_step(i + 1, len(ts))
-    return x
+    return blended.masked_sdedit(unet, scheduler, x0, noise, ts, cond, uncond, cfg, counter, mask=mask,
+                                 on_step=on_step)
 
 
 # -- the mask M -------------------------------------------------------------------------------------
