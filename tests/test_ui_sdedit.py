@@ -22,7 +22,8 @@ def client(app_url):
 
 
 def _edit(client, **kw):
-    args = dict(editor=editor_payload(CAT), prompt="a photo of a dog", strength=0.6, steps=8, cfg=7.5,
+    args = dict(editor=editor_payload(CAT), grow=0, feather=0, invert=False, whole_image=False,
+                prompt="a photo of a dog", strength=0.6, steps=8, cfg=7.5,
                 num_results=2, negative="", resolution=128, seed=5)
     args.update(kw)
     return client.predict(*args.values(), api_name="/sdedit")

@@ -5,6 +5,7 @@ import gradio as gr
 
 from engine.methods import sdedit
 from ui import components as C
+from ui.mask_editor import mask_editor, resolve_mask
 
 TITLE = "SDEdit (baseline)"
 ORDER = 0
@@ -13,10 +14,12 @@ API_NAME = "sdedit"
 
 def build(runner) -> None:
     gr.Markdown("Noise the photo part-way and denoise it towards the prompt (Meng et al., *SDEdit*, 2022). "
-                "Paint a region to change only that region; leave it unpainted to edit the whole photo.")
+                "Paint or select a region to change only that region; select nothing to edit the whole photo.")
     with gr.Row():
         with gr.Column():
-            photo = C.photo_with_brush(elem_id="sdedit-photo")
+            region = mask_editor(runner, "sdedit", label="Photo: paint or select the region to edit "
+                                                          "(nothing selected: the whole photo)")
+            photo = region.editor  # elem_id "sdedit-photo"
             prompt = gr.Textbox(label="Prompt", placeholder="a photo of a dog", elem_id="sdedit-prompt")
             strength = gr.Slider(0.05, 1.0, value=0.7, step=0.05, label="Strength (how far to noise the photo)")
             num_results = gr.Slider(1, 4, value=1, step=1, label="Results")
@@ -30,9 +33,9 @@ def build(runner) -> None:
         with gr.Column():
             panel = C.result_panel()
 
-    def edit(editor, prompt, strength, steps, cfg, num_results, negative, resolution, seed,
-             request: gr.Request, progress=gr.Progress()):
-        image, mask = C.split_editor(editor)
+    def edit(editor, grow, feather, invert, whole_image, prompt, strength, steps, cfg, num_results, negative,
+             resolution, seed, request: gr.Request, progress=gr.Progress()):
+        image, mask = resolve_mask(editor, grow, feather, invert, whole_image)
         if image is None:
             raise gr.Error("Upload a photo first.")
         inputs = sdedit.SDEditInputs(image=image, prompt=prompt, strength=strength, steps=steps, cfg=cfg,
@@ -41,7 +44,7 @@ def build(runner) -> None:
         result = runner.run(sdedit, inputs, request=request, progress=progress)
         return C.present(result, image)
 
-    button.click(edit, [photo, prompt, strength, steps, cfg, num_results, negative, resolution, seed],
+    button.click(edit, region.inputs + [prompt, strength, steps, cfg, num_results, negative, resolution, seed],
                  panel.outputs, api_name=API_NAME, concurrency_id="gpu")
     gr.Examples([[C.example("cat.png"), "a photo of a tiger", 0.7],
                  [C.example("coffee.png"), "a cup of green tea on a wooden table", 0.6]],

@@ -1,0 +1,405 @@
+"""The one mask component every region-taking tab shares.
+
+Single source of truth: the ImageEditor's brush layer. "Select by text" (Grounded-SAM or
+CLIPSeg) and SAM clicks on the preview write their mask INTO that layer, where the brush and
+the eraser correct it. `resolve_mask(editor, grow, feather, invert, whole_image)` turns the
+editor value plus the four settings into the (photo, mask) a method receives; the preview
+image is drawn from the same function, so the mask a method uses is the one on screen.
+
+A tab uses it like this:
+
+    me = mask_editor(runner, "mytab")
+    def run(editor, grow, feather, invert, whole_image, prompt, ..., request: gr.Request, ...):
+        photo, mask = resolve_mask(editor, grow, feather, invert, whole_image, required=True)
+    button.click(run, me.inputs + [prompt, ...], outputs, api_name="mytab", concurrency_id="gpu")
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from engine.core import masks as M
+from engine.types import StepInfo
+
+LAYER_ALPHA = 0.6      # opacity of the white mask paint, so the photo shows through it
+ALPHA_THRESHOLD = 0.2  # a layer pixel is "in the mask" from this opacity up (brush edges below)
+MAX_GROW = 256         # px, either way; the slider shows +-64
+MAX_FEATHER = 256      # px; the slider shows 0..64
+METHODS = ("Grounded-SAM", "CLIPSeg")
+CLICK_MODES = ("object", "background")
+ERROR_TITLE = "Please check the mask"
+NOTHING_SELECTED = ("Nothing is selected: paint the region on the photo, select it by text, click it "
+                    "on the preview, or tick 'Use the whole image'.")
+
+
+# -- reading the editor -----------------------------------------------------------------------
+
+def _as_pil(value) -> Image.Image:
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value)
+    if isinstance(value, str):
+        return Image.open(value)
+    raise gr.Error("The photo could not be read; upload it again.", title=ERROR_TITLE)
+
+
+def _photo_rgb(image: Image.Image) -> Image.Image:
+    """RGB photo; transparent pixels are put on white (as the editor shows them)."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _layer_values(layer: Image.Image) -> np.ndarray:
+    """A brush layer's mask values: its opacity (RGBA); a plain mask image's gray level."""
+    if layer.mode in ("RGBA", "LA", "PA") or "transparency" in layer.info:
+        return np.asarray(layer.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
+    return M.mask_from_image(layer)
+
+
+def read_editor(value) -> tuple[Optional[Image.Image], Optional[np.ndarray]]:
+    """ImageEditor value -> (RGB photo or None, painted mask {0,1} float32 at photo size or None).
+
+    The painted mask is the union of the layers' opacity above ALPHA_THRESHOLD; None when the
+    editor holds no layer at all. A layer of another size than the photo is resized when its
+    aspect ratio matches and refused with a readable gr.Error otherwise.
+    """
+    if value is None:
+        return None, None
+    if isinstance(value, (Image.Image, np.ndarray, str)):
+        return _photo_rgb(_as_pil(value)), None
+    if not isinstance(value, dict):
+        raise gr.Error("The photo could not be read; upload it again.", title=ERROR_TITLE)
+    background = value.get("background")
+    if background is None:
+        background = value.get("composite")
+    if background is None:
+        return None, None
+    photo = _photo_rgb(_as_pil(background))
+    painted = None
+    for layer in value.get("layers") or []:
+        if layer is None:
+            continue
+        values = _layer_values(_as_pil(layer))
+        try:
+            values = M.mask_from_image(values, photo.size)
+        except ValueError as exc:
+            raise gr.Error(f"The painted mask does not fit the photo: {exc}", title=ERROR_TITLE) from None
+        layer_mask = (values >= ALPHA_THRESHOLD).astype(np.float32)
+        painted = layer_mask if painted is None else np.maximum(painted, layer_mask)
+    return photo, painted
+
+
+def _pixels(value, name: str, lo: int, hi: int) -> int:
+    """A slider value in whole pixels; the API may send anything, so check the range here."""
+    if value is None:
+        return 0
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number of pixels, got {value!r}", title=ERROR_TITLE) from None
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise gr.Error(f"{name} must be between {lo} and {hi} px, got {value}", title=ERROR_TITLE)
+    return int(round(number))
+
+
+def resolve_mask(editor_value, grow_px=0, feather_px=0, invert=False, whole_image=False, *,
+                 required: bool = False) -> tuple[Optional[Image.Image], Optional[Image.Image]]:
+    """The (photo, mask) a method uses: the editor's layer, then invert, grow/shrink, feather.
+
+    - no photo: (None, None), or gr.Error "Upload a photo first." when `required`;
+    - whole_image: an all-white mask (the other settings do not apply);
+    - otherwise the painted layer, inverted if asked, grown by grow_px (negative shrinks),
+      feathered by feather_px: an L image, 255 = edit. Binary unless feathered;
+    - nothing selected (empty after the settings): mask None, or gr.Error when `required`.
+    Grow/shrink and feather act on the region that will be edited, i.e. after inverting.
+    """
+    grow_px = _pixels(grow_px, "Grow / shrink", -MAX_GROW, MAX_GROW)
+    feather_px = _pixels(feather_px, "Feather", 0, MAX_FEATHER)
+    photo, painted = read_editor(editor_value)
+    if photo is None:
+        if required:
+            raise gr.Error("Upload a photo first.", title=ERROR_TITLE)
+        return None, None
+    if whole_image:
+        return photo, Image.new("L", photo.size, 255)
+    mask = painted if painted is not None else M.empty(photo.size)
+    if invert:
+        mask = M.invert(mask)
+    mask = M.feather(M.grow(mask, grow_px), feather_px)
+    if M.is_empty(mask):
+        if required:
+            raise gr.Error(NOTHING_SELECTED, title=ERROR_TITLE)
+        return photo, None
+    return photo, M.to_pil(mask)
+
+
+def describe(photo: Optional[Image.Image], mask: Optional[Image.Image]) -> str:
+    """One status line for the mask under the preview."""
+    if photo is None:
+        return "Upload a photo to select a region."
+    if mask is None:
+        return "Nothing selected yet: paint on the photo, select by text, or click the preview."
+    if M.is_full(mask):
+        return f"The whole photo ({photo.width}x{photo.height}) is selected."
+    return f"The mask covers {100 * M.coverage(mask):.1f}% of the {photo.width}x{photo.height} photo."
+
+
+def preview(editor_value, grow_px=0, feather_px=0, invert=False, whole_image=False):
+    """(overlay image or None, status line) for the preview; a bad mask is reported, not raised."""
+    try:
+        photo, mask = resolve_mask(editor_value, grow_px, feather_px, invert, whole_image)
+    except gr.Error as exc:
+        return None, f"**{exc.message}**"
+    if photo is None:
+        return None, describe(None, None)
+    shown = photo if mask is None else M.overlay(photo, mask)
+    return shown, describe(photo, mask)
+
+
+def editor_value(photo: Image.Image, mask: np.ndarray) -> dict:
+    """An EditorValue whose single brush layer is `mask` (>= 0.5) painted in translucent white."""
+    inside = M.as_mask(mask) >= 0.5
+    layer = np.zeros((photo.height, photo.width, 4), np.uint8)
+    layer[..., :3] = 255
+    layer[..., 3] = np.where(inside, round(255 * LAYER_ALPHA), 0).astype(np.uint8)
+    rgb = np.asarray(photo, dtype=np.float32)
+    weight = (inside * LAYER_ALPHA)[..., None]
+    composite = np.round(rgb * (1 - weight) + 255.0 * weight).astype(np.uint8)
+    return {"background": photo, "layers": [Image.fromarray(layer, "RGBA")],
+            "composite": Image.fromarray(composite, "RGB")}
+
+
+# -- engine calls (run through runner.call: ValueError -> gr.Error) ---------------------------
+
+def select_by_text(models, photo, phrase, method, box_threshold, text_threshold, clipseg_threshold,
+                   on_step=None) -> tuple[np.ndarray, str]:
+    """Text -> (binary mask at photo size, message). Nothing found: an empty mask and a message."""
+    from engine.core import segment as S
+
+    if method not in METHODS:
+        raise ValueError(f"selection method must be one of {', '.join(METHODS)}, got {method!r}")
+    if on_step:
+        on_step(StepInfo(f"{method}: loading models", 0, 2))
+    if method == "CLIPSeg":
+        try:
+            clipseg_threshold = float(clipseg_threshold)
+        except (TypeError, ValueError):
+            clipseg_threshold = math.nan
+        if not 0.0 <= clipseg_threshold <= 1.0:  # also refuses NaN
+            raise ValueError("CLIPSeg threshold must be a number between 0 and 1")
+        soft = S.clipseg_mask(models.get("clipseg"), photo, phrase)
+        mask = M.binarize(soft, clipseg_threshold)
+        if M.is_empty(mask):
+            return mask, (f"nothing in the photo scored above the CLIPSeg threshold "
+                          f"{clipseg_threshold:g} for '{phrase.strip()}'; lower it or draw the mask")
+        return mask, f"CLIPSeg: {100 * M.coverage(mask):.1f}% of the photo above {clipseg_threshold:g}"
+    gdino, sam = models.get("grounding_dino"), models.get("sam")
+    if on_step:
+        on_step(StepInfo(method, 1, 2))
+    result = S.grounded_sam(gdino, sam, photo, phrase, box_threshold, text_threshold)
+    return M.binarize(result.mask), result.message
+
+
+def select_by_clicks(models, photo, points, on_step=None) -> tuple[np.ndarray, str]:
+    """SAM clicks [(x, y, positive)] -> (binary mask at photo size, message)."""
+    from engine.core import segment as S
+
+    if on_step:
+        on_step(StepInfo("SAM", 0, 1))
+    mask = M.binarize(S.sam_mask_from_points(models.get("sam"), photo, points))
+    n_pos = sum(1 for p in points if p[2])
+    what = f"{n_pos} object and {len(points) - n_pos} background click(s)"
+    if M.is_empty(mask):
+        return mask, f"SAM's mask for {what} is empty; click elsewhere on the object or draw the mask"
+    return mask, f"SAM mask for {what}"
+
+
+def parse_clicks(text: str) -> list[tuple[float, float, bool]]:
+    """"120,80,+ 40,30,-" (as `python -m engine segment --points`) -> [(x, y, positive)]."""
+    from engine.segment_cli import parse_point
+
+    try:
+        return [parse_point(tok) for tok in (text or "").replace(";", " ").split()]
+    except argparse.ArgumentTypeError as exc:
+        raise gr.Error(str(exc), title=ERROR_TITLE) from None
+
+
+def format_click(x: float, y: float, positive: bool) -> str:
+    return f"{int(round(x))},{int(round(y))},{'+' if positive else '-'}"
+
+
+# -- the component ------------------------------------------------------------------------------
+
+@dataclass
+class MaskEditor:
+    """The widgets of one mask editor. Pass `inputs` first to an event; see `resolve_mask`."""
+
+    editor: gr.ImageEditor
+    text: gr.Textbox
+    select: gr.Button
+    method: gr.Radio
+    add: gr.Checkbox
+    box_threshold: gr.Slider
+    text_threshold: gr.Slider
+    clipseg_threshold: gr.Slider
+    preview: gr.Image
+    click_mode: gr.Radio
+    clicks: gr.Textbox
+    clear_clicks: gr.Button
+    clear_mask: gr.Button
+    grow: gr.Slider
+    feather: gr.Slider
+    invert: gr.Checkbox
+    whole_image: gr.Checkbox
+    message: gr.Markdown  # what the last text or click selection found
+    status: gr.Markdown   # what the mask on screen covers
+    base: Any  # gr.State: the mask before the current set of clicks (for "add")
+
+    @property
+    def inputs(self) -> list:
+        """[editor, grow, feather, invert, whole_image]: the arguments of `resolve_mask`."""
+        return [self.editor, self.grow, self.feather, self.invert, self.whole_image]
+
+
+def mask_editor(runner, prefix: str, label: str = "Photo: paint the region (white brush, eraser to correct)",
+                height: int = 420) -> MaskEditor:
+    """Build the mask editor in the current Blocks context. `prefix` makes elem_ids
+    (f"{prefix}-photo", f"{prefix}-select-text", ...) and api_names (f"{prefix}_select_text",
+    f"{prefix}_select_click") unique per tab."""
+    with gr.Group(elem_classes=["mask-editor"]):
+        editor = gr.ImageEditor(
+            label=label, type="pil", image_mode="RGBA", sources=("upload", "clipboard"), format="png",
+            brush=gr.Brush(colors=[("#ffffff", LAYER_ALPHA)], color_mode="fixed", default_size=24),
+            eraser=gr.Eraser(default_size=24), layers=False, transforms=(), height=height,
+            elem_id=f"{prefix}-photo")
+        with gr.Row(equal_height=True):
+            text = gr.Textbox(label="Select by text", placeholder="the dog on the left", scale=4,
+                              elem_id=f"{prefix}-select-text")
+            select = gr.Button("Select", scale=1, elem_id=f"{prefix}-select")
+        with gr.Row(equal_height=True):
+            method = gr.Radio(list(METHODS), value=METHODS[0], label="Text selection with", scale=2,
+                              elem_id=f"{prefix}-select-method")
+            add = gr.Checkbox(False, label="Add to the mask (off: a new selection replaces it)", scale=2,
+                              elem_id=f"{prefix}-add")
+        with gr.Accordion("Selection thresholds", open=False, elem_id=f"{prefix}-thresholds"):
+            box_threshold = gr.Slider(0.0, 1.0, value=0.3, step=0.01, label="Box threshold (Grounded-SAM)",
+                                      elem_id=f"{prefix}-box-threshold")
+            text_threshold = gr.Slider(0.0, 1.0, value=0.25, step=0.01, label="Text threshold (Grounded-SAM)",
+                                       elem_id=f"{prefix}-text-threshold")
+            clipseg_threshold = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="CLIPSeg threshold",
+                                          elem_id=f"{prefix}-clipseg-threshold")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=220):
+                shown = gr.Image(label="Preview: click to select with SAM", type="pil", interactive=False,
+                                 format="png", height=280, elem_id=f"{prefix}-preview")
+                message = gr.Markdown("", elem_id=f"{prefix}-select-message", padding=True)
+                status = gr.Markdown(describe(None, None), elem_id=f"{prefix}-mask-status", padding=True)
+            with gr.Column(scale=1, min_width=220):
+                click_mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[0], label="A click adds",
+                                      elem_id=f"{prefix}-click-mode")
+                clicks = gr.Textbox(label="Clicks (x,y,+ object / x,y,- background)", max_lines=2,
+                                    placeholder="click the preview, or type 120,80,+ 40,30,-",
+                                    elem_id=f"{prefix}-clicks")
+                with gr.Row():
+                    clear_clicks = gr.Button("Clear clicks", size="sm")
+                    clear_mask = gr.Button("Clear mask", size="sm")
+                grow = gr.Slider(-64, 64, value=0, step=1, label="Grow / shrink (px, negative shrinks)",
+                                 elem_id=f"{prefix}-grow")
+                feather = gr.Slider(0, 64, value=0, step=1, label="Feather (px)", elem_id=f"{prefix}-feather")
+                with gr.Row():
+                    invert = gr.Checkbox(False, label="Invert", elem_id=f"{prefix}-invert")
+                    whole_image = gr.Checkbox(False, label="Use the whole image",
+                                              elem_id=f"{prefix}-whole-image")
+    base = gr.State(None)
+    me = MaskEditor(editor, text, select, method, add, box_threshold, text_threshold, clipseg_threshold,
+                    shown, click_mode, clicks, clear_clicks, clear_mask, grow, feather, invert, whole_image,
+                    message, status, base)
+    _wire(runner, prefix, me)
+    return me
+
+
+def _wire(runner, prefix: str, me: MaskEditor) -> None:
+    settings = [me.grow, me.feather, me.invert, me.whole_image]
+
+    def _combine(photo, painted, mask, add, base=None):
+        """The new layer: the selection, joined to the earlier mask when "add" is ticked."""
+        prior = base if base is not None else painted
+        if add and prior is not None and prior.shape == mask.shape:
+            mask = M.union([prior, mask])
+        return mask
+
+    def select_text(editor, text, method, box_thr, text_thr, clip_thr, add, grow, feather, invert,
+                    whole, request: gr.Request, progress=gr.Progress()):
+        photo, painted = read_editor(editor)
+        if photo is None:
+            raise gr.Error("Upload a photo first.", title=ERROR_TITLE)
+        mask, message = runner.call(select_by_text, runner.cache, photo, text, method, box_thr, text_thr,
+                                    clip_thr, request=request, progress=progress)
+        message = message[:1].upper() + message[1:]
+        if M.is_empty(mask):
+            gr.Warning(message)
+        value = editor_value(photo, _combine(photo, painted, mask, add))
+        return (value, *preview(value, grow, feather, invert, whole), message, "", None)
+
+    def add_click(editor, clicks, mode, base, evt: gr.SelectData):
+        photo, painted = read_editor(editor)
+        if photo is None:
+            raise gr.Error("Upload a photo first.", title=ERROR_TITLE)
+        x, y = evt.index[:2]
+        clicks = (clicks or "").strip()
+        if not clicks:  # a new set of clicks starts from the mask as it is now
+            base = painted if painted is not None else M.empty(photo.size)
+        return f"{clicks} {format_click(x, y, mode != 'background')}".strip(), base
+
+    def select_click(editor, clicks, add, grow, feather, invert, whole, base,
+                     request: gr.Request, progress=gr.Progress()):
+        photo, painted = read_editor(editor)
+        if photo is None:
+            raise gr.Error("Upload a photo first.", title=ERROR_TITLE)
+        points = parse_clicks(clicks)
+        mask, message = runner.call(select_by_clicks, runner.cache, photo, points, request=request,
+                                    progress=progress)
+        message = message[:1].upper() + message[1:]
+        if M.is_empty(mask):
+            gr.Warning(message)
+        value = editor_value(photo, _combine(photo, painted, mask, add, base))
+        return (value, *preview(value, grow, feather, invert, whole), message)
+
+    def clear(editor, grow, feather, invert, whole):
+        photo, _ = read_editor(editor)
+        if photo is None:
+            return None, None, describe(None, None), "", "", None
+        value = editor_value(photo, M.empty(photo.size))
+        return (value, *preview(value, grow, feather, invert, whole), "", "", None)
+
+    outs = [me.editor, me.preview, me.status, me.message]
+    text_inputs = [me.editor, me.text, me.method, me.box_threshold, me.text_threshold, me.clipseg_threshold,
+                   me.add, *settings]
+    gr.on([me.select.click, me.text.submit], select_text, text_inputs, outs + [me.clicks, me.base],
+          api_name=f"{prefix}_select_text", concurrency_id="gpu", show_progress_on=[me.preview])
+    click_inputs = [me.editor, me.clicks, me.add, *settings, me.base]
+    me.preview.select(add_click, [me.editor, me.clicks, me.click_mode, me.base], [me.clicks, me.base],
+                      api_name=False, queue=False, show_progress="hidden").success(
+        select_click, click_inputs, outs, api_name=f"{prefix}_select_click", concurrency_id="gpu",
+        show_progress_on=[me.preview])
+    me.clicks.submit(select_click, click_inputs, outs, api_name=False, concurrency_id="gpu",
+                     show_progress_on=[me.preview])
+    me.clear_clicks.click(lambda: ("", None), None, [me.clicks, me.base], api_name=False, queue=False)
+    me.clear_mask.click(clear, [me.editor, *settings], outs + [me.clicks, me.base], api_name=False,
+                        show_progress="hidden")
+    me.editor.upload(lambda *v: (*preview(*v), "", "", None), [me.editor, *settings],
+                     [me.preview, me.status, me.message, me.clicks, me.base], api_name=False,
+                     show_progress="hidden")
+    me.editor.clear(lambda: (None, describe(None, None), "", "", None), None,
+                    [me.preview, me.status, me.message, me.clicks, me.base], api_name=False, queue=False)
+    gr.on([me.editor.change, *(c.change for c in settings)], preview, [me.editor, *settings],
+          [me.preview, me.status], api_name=False, trigger_mode="always_last", show_progress="hidden")
