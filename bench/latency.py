@@ -32,7 +32,7 @@ def device_name(models) -> str:
 def main(argv=None) -> int:
     from engine import methods
     from engine.__main__ import _open_file, build_parser
-    from engine.core.image import load_image
+    from engine.core.image import open_image
     from engine.models import ModelCache
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(rest)
     module = methods.get(args.method)
     models = ModelCache(args.profile, device=args.device, memory=args.memory, overrides=dict(args.model))
-    image = load_image(args.image, args.resolution)
+    image = open_image(args.image)
     inputs = module.inputs_from_args(args, image, _open_file)
 
     cuda = models.device.type == "cuda"

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from engine.core.image import load_image
+    from engine.core.image import open_image
     from engine.models import ModelCache
     from engine.report import write_result
 
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
             return segment_cli.run_cli(args, models)
         module = methods.get(args.method)
-        image = load_image(args.image, args.resolution)
+        image = open_image(args.image)  # the method's run() normalises it (one resize, not two)
         inputs = module.inputs_from_args(args, image, _open_file)
         result = module.run(inputs, models, on_step=_print_progress)
         write_result(result, Path(args.out), args.method, args.profile, {"models": models.describe()})

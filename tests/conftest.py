@@ -16,7 +16,9 @@ from PIL import Image  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: tiny models gain nothing from more, and the app's server threads, Chromium and
+# the test process share two cores (two threads were up to 10x slower under that load).
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

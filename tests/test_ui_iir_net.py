@@ -61,7 +61,8 @@ def _payload(tmp_path):
 
 
 def _edit(client, editor, **kw):
-    args = dict(editor=editor, prompt="a white cat", roi="", whole_image=False, noise=200, canny_low=100,
+    args = dict(editor=editor, grow=0, feather=0, invert=False, whole_image=False, prompt="a white cat", roi="",
+                noise=200, canny_low=100,
                 canny_high=200, steps=4, cfg=9.0, resolution=128, seed=3, checkpoint="")
     args.update(kw)
     return client.predict(*args.values(), api_name="/iir_net")

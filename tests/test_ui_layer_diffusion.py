@@ -39,8 +39,9 @@ def _painted(tmp_path):
 
 
 def _args(editor, **kw):
-    args = dict(editor=editor, text="a cat jumping in a forest", subject="", background="", keep=False,
-                ref_editor=None, alpha=0.7, lambda1=2.0, lambda2=1.0, num_results=2, embed_steps=3, tune_steps=2,
+    args = dict(editor=editor, grow=0, feather=0, invert=False, whole=False, text="a cat jumping in a forest",
+                subject="", background="", keep=False, ref_editor=None, ref_grow=0, ref_feather=0,
+                ref_invert=False, ref_whole=False, alpha=0.7, lambda1=2.0, lambda2=1.0, num_results=2, embed_steps=3, tune_steps=2,
                 steps=2, lora_rank=4, full=False, cfg=7.5, resolution=64, seed=11)
     args.update(kw)
     return list(args.values())

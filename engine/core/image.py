@@ -50,6 +50,13 @@ def _open(source: ImageSource) -> Image.Image:
     return img
 
 
+def open_image(source: ImageSource) -> Image.Image:
+    """Open and check that `source` is a readable image, without resizing (run() does the intake)."""
+    if source is None:
+        raise ValueError("no image was given: upload a photo first")
+    return _open(source)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB; transparent parts are composited over white."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):

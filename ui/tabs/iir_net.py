@@ -9,6 +9,7 @@ from engine.core.phrases import noun_phrase
 from engine.core.removal import MAX_NOISE
 from engine.methods import iir_net
 from ui import components as C
+from ui.mask_editor import mask_editor, resolve_mask
 
 TITLE = "IIR-Net"
 ORDER = 3
@@ -42,12 +43,11 @@ def build(runner) -> None:
     badge = gr.Markdown(badge_text(), elem_id="iir-net-mode")
     with gr.Row():
         with gr.Column():
-            photo = C.photo_with_brush(label="Photo (paint the region to edit, or leave unpainted to find it "
-                                             "from the RoI text)", elem_id="iir-net-photo")
+            region = mask_editor(runner, "iir_net", label="Photo: paint or select the region to edit, or leave it "
+                                                          "empty to find it from the RoI text")
             prompt = gr.Textbox(label="Prompt", placeholder="a green airplane", elem_id="iir-net-prompt")
             roi_text = gr.Textbox(label="RoI text (what to edit; filled from the prompt's noun, editable)",
                                   placeholder="airplane", elem_id="iir-net-roi")
-            whole = gr.Checkbox(label="Whole image (scene and style edits: sunset, winter, painting...)", value=False)
             noise = gr.Slider(0, MAX_NOISE, value=0, step=10,
                               label="Noise level k (0 = change colour only; higher = change texture too)")
             checkpoint = gr.Textbox(label="Trained IIR-Net checkpoint (folder or hub id; empty = training-free)",
@@ -66,9 +66,10 @@ def build(runner) -> None:
     prompt.change(roi_from_prompt, prompt, roi_text, api_name=False, queue=False)
     checkpoint.change(lambda c: badge_text(c), checkpoint, badge, api_name=False, queue=False)
 
-    def edit(editor, prompt, roi, whole_image, noise, canny_low, canny_high, steps, cfg, resolution, seed,
+    def edit(editor, grow, feather, invert, whole_image, prompt, roi, noise, canny_low, canny_high, steps, cfg, resolution, seed,
              checkpoint, request: gr.Request, progress=gr.Progress()):
-        image, mask = C.split_editor(editor)
+        # "Whole image" goes to the method as such (it records the RoI source); the mask is the one on screen.
+        image, mask = resolve_mask(editor, grow, feather, invert, False, required=False)
         if image is None:
             raise gr.Error("Upload a photo first.")
         inputs = iir_net.IIRNetInputs(image=image, prompt=prompt, roi_text=roi or None, mask=mask,
@@ -79,10 +80,10 @@ def build(runner) -> None:
         result = runner.run(iir_net, inputs, request=request, progress=progress)
         return (*C.present(result, image), badge_text(checkpoint, result.params.get("mode")))
 
-    button.click(edit, [photo, prompt, roi_text, whole, noise, canny_low, canny_high, steps, cfg, resolution, seed,
+    button.click(edit, [*region.inputs, prompt, roi_text, noise, canny_low, canny_high, steps, cfg, resolution, seed,
                         checkpoint], [*panel.outputs, badge], api_name=API_NAME, concurrency_id="gpu")
     gr.Examples([[C.example("cat.png"), "a white cat", "cat", False, 0],
                  [C.example("coffee.png"), "a green cup", "cup", False, 0],
                  [C.example("rocket.jpg"), "a red rocket", "rocket", False, 300],
                  [C.example("grass.png"), "sand", "", True, 800]],
-                [photo, prompt, roi_text, whole, noise], label="Examples")
+                [region.editor, prompt, roi_text, region.whole_image, noise], label="Examples")

@@ -9,6 +9,7 @@ import pandas as pd
 from engine.core.text_split import split_text
 from engine.methods import layer_diffusion as LD
 from ui import components as C
+from ui.mask_editor import mask_editor, resolve_mask
 
 TITLE = "LayerDiffusion"
 ORDER = 5
@@ -45,8 +46,8 @@ def build(runner) -> None:
                 "its own progress bar, and **Stop** ends the run cleanly.")
     with gr.Row():
         with gr.Column():
-            photo = C.photo_with_brush("Photo (paint the subject, or leave unpainted to find it by its name)",
-                                       elem_id="ld-photo")
+            region = mask_editor(runner, "layer_diffusion",
+                                 label="Photo: paint or select the subject, or leave it empty to find it by its name")
             text = gr.Textbox(label="Target text", placeholder="a dog jumping in a forest", elem_id="ld-text")
             with gr.Row():
                 subject = gr.Textbox(label="Subject part (T_a, editable)", placeholder="a dog jumping",
@@ -58,7 +59,8 @@ def build(runner) -> None:
                                elem_id="ld-keep")
             with gr.Accordion("Reference background (optional; empty: generated from the background part)",
                               open=False):
-                reference = C.photo_with_brush("Reference (paint its subject if it shows one)", elem_id="ld-reference")
+                ref_region = mask_editor(runner, "layer_diffusion_ref",
+                                         label="Reference: paint or select its subject if it shows one")
             alpha = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="alpha (subject share of e_opt, Eq. 3)",
                               elem_id="ld-alpha")
             lambda1 = gr.Slider(0.0, 10.0, value=2.0, step=0.1, label="lambda1 (subject loss weight, Eq. 6)",
@@ -87,13 +89,14 @@ def build(runner) -> None:
     text.change(auto_split, text, [subject, background, split_note], api_name="layer_diffusion_split",
                 queue=False)
 
-    def edit(editor, text, subject, background, keep, ref_editor, alpha, lambda1, lambda2, num_results,
+    def edit(editor, grow, feather, invert, whole, text, subject, background, keep,
+             ref_editor, ref_grow, ref_feather, ref_invert, ref_whole, alpha, lambda1, lambda2, num_results,
              embed_steps, tune_steps, steps, lora_rank, full, cfg, resolution, seed,
              request: gr.Request, progress=gr.Progress()):
-        image, mask = C.split_editor(editor)
+        image, mask = resolve_mask(editor, grow, feather, invert, whole, required=False)
         if image is None:
             raise gr.Error("Upload a photo first.", title="Please check the input")
-        ref, ref_mask = C.split_editor(ref_editor)
+        ref, ref_mask = resolve_mask(ref_editor, ref_grow, ref_feather, ref_invert, ref_whole, required=False)
         inputs = LD.LayerDiffusionInputs(
             image=image, text=text or "", subject_text=subject or None, background_text=background or None,
             reference=ref, keep_background=bool(keep), subject_mask=mask, reference_mask=ref_mask, alpha=alpha,
@@ -103,7 +106,7 @@ def build(runner) -> None:
         result = runner.run(LD, inputs, request=request, progress=progress)
         return (*C.present(result, image), loss_table(result.curves))
 
-    event = button.click(edit, [photo, text, subject, background, keep, reference, alpha, lambda1, lambda2,
+    event = button.click(edit, [*region.inputs, text, subject, background, keep, *ref_region.inputs, alpha, lambda1, lambda2,
                                 num_results, embed_steps, tune_steps, steps, lora_rank, full, cfg, resolution, seed],
                          [*panel.outputs, losses], api_name=API_NAME, concurrency_id="gpu")
 
@@ -113,4 +116,4 @@ def build(runner) -> None:
     stop.click(stop_run, None, None, cancels=[event], api_name="layer_diffusion_stop", queue=False)
     gr.Examples([[C.example("cat.png"), "a cat sitting on a beach", 0.7],
                  [C.example("astronaut.png"), "an astronaut standing on the moon", 0.7]],
-                [photo, text, alpha], label="Examples")
+                [region.editor, text, alpha], label="Examples")
