@@ -19,6 +19,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="gpu: all models resident; offload: each model moves to the GPU only while it runs")
     p.add_argument("--outputs", default=os.environ.get("DES_OUTPUTS", "outputs"),
                    help="folder where every result is saved with its settings (default ./outputs)")
+    p.add_argument("--auth", default=os.environ.get("DES_AUTH"), metavar="USER:PASSWORD",
+                   help="ask for this user name and password before showing the app")
+    p.add_argument("--max-upload-mb", type=int, default=25, help="largest upload accepted, in MB (default 25)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=SRC",
                    help=f"override a model's hub id or folder; NAME in {', '.join(COMPONENTS)}")
     return p.parse_args(argv)
@@ -37,15 +40,31 @@ def make_cache(args) -> ModelCache:
         raise SystemExit(f"error: {exc}")
 
 
-def main(argv=None) -> None:
-    from ui import build_demo, launch_kwargs
+def parse_auth(text):
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("--auth expects USER:PASSWORD")
+    return (user, password)
 
-    args = parse_args(argv)
+
+def main(argv=None) -> None:
     from pathlib import Path
 
-    demo = build_demo(make_cache(args), outputs=Path(args.outputs))
-    demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port,
-                                                   share=args.share, **launch_kwargs())
+    from ui import build_demo, launch_kwargs
+
+    from ui import zerogpu
+
+    args = parse_args(argv)
+    outputs = Path(args.outputs).resolve()
+    cache = make_cache(args)
+    if zerogpu.prepare_environment():
+        cache.sd()  # ZeroGPU: load at start-up, outside any GPU call
+    demo = build_demo(cache, outputs=outputs)
+    demo.queue(default_concurrency_limit=1, max_size=64).launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=parse_auth(args.auth),
+        **launch_kwargs(outputs=outputs, max_upload_mb=args.max_upload_mb))
 
 
 if __name__ == "__main__":

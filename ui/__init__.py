@@ -28,7 +28,10 @@ def build_demo(cache, outputs=None):
     return demo
 
 
-def launch_kwargs() -> dict:
-    """Theme and CSS go to launch() in Gradio 6."""
+def launch_kwargs(outputs=None, max_upload_mb: int = 25) -> dict:
+    """launch() settings shared by the app and the tests: CSS (a launch() argument in Gradio 6),
+    the only folders served besides Gradio's own uploads (assets/ and the outputs folder), and
+    the upload size limit."""
     css = CSS_PATH.read_text() if CSS_PATH.exists() else ""
-    return {"css": css}
+    allowed = [str(CSS_PATH.parent)] + ([str(Path(outputs).resolve())] if outputs else [])
+    return {"css": css, "allowed_paths": allowed, "max_file_size": f"{int(max_upload_mb)}mb"}

@@ -14,6 +14,7 @@ import gradio as gr
 import torch
 
 from engine import history
+from ui import zerogpu
 from engine.types import Cancelled, EditResult, StepInfo
 
 log = logging.getLogger("studio")
@@ -33,6 +34,7 @@ class Runner:
         # run's thread still finishes its current step; this lock makes the next one wait.
         self._gpu = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
+        self._execute = zerogpu.wrap(_execute, duration=_estimate_seconds)
 
     @property
     def is_fake(self) -> bool:
@@ -66,7 +68,7 @@ class Runner:
 
         try:
             with self._gpu:
-                return fn(*args, on_step=on_step, **kwargs)
+                return self._execute(fn, args, dict(kwargs, on_step=on_step))
         except ValueError as exc:
             raise gr.Error(str(exc), title="Please check the input") from None
         except Cancelled:
@@ -94,3 +96,18 @@ class Runner:
             except OSError as exc:  # a full disk must not lose the user's result on screen
                 log.warning("could not save the result: %s", exc)
         return result
+
+
+def _execute(fn, args, kwargs):
+    """The one place engine work runs; on ZeroGPU it is wrapped by spaces.GPU (ui/zerogpu.py)."""
+    return fn(*args, **kwargs)
+
+
+def _estimate_seconds(fn, args, kwargs) -> float:
+    """GPU time for a call: the method's own estimate_seconds(inputs) when it has one."""
+    import inspect
+
+    estimate = getattr(inspect.getmodule(fn), "estimate_seconds", None)
+    if estimate is not None and args:
+        return estimate(args[0])
+    return zerogpu.DEFAULT_SECONDS

@@ -15,6 +15,7 @@ only the prompt encoder and mask decoder.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -278,6 +279,8 @@ def _embed(sam: Segmenter, image: Image.Image, cache: Optional[EmbeddingCache]) 
     key = (id(sam.model), sam.source, photo_key(image))
     item = cache.get(key)
     if item is not None:
+        if item.embeddings.device != sam.device:  # stored on the CPU (DES_CACHE_ON_CPU=1, ZeroGPU)
+            item = _Embedded(item.embeddings.to(sam.device), item.original_size, item.reshaped_size)
         return item
     inputs = sam.processor(images=image, return_tensors="pt")
     pixels = inputs["pixel_values"].to(device=sam.device, dtype=sam.dtype)
@@ -285,7 +288,9 @@ def _embed(sam: Segmenter, image: Image.Image, cache: Optional[EmbeddingCache]) 
         embeddings = sam.model.get_image_embeddings(pixels)
     item = _Embedded(embeddings, tuple(inputs["original_sizes"][0].tolist()),
                      tuple(inputs["reshaped_input_sizes"][0].tolist()))
-    cache.put(key, item)
+    # On ZeroGPU no CUDA tensor may outlive a call, so the cache keeps a CPU copy there.
+    on_cpu = os.environ.get("DES_CACHE_ON_CPU") == "1"
+    cache.put(key, _Embedded(embeddings.cpu(), item.original_size, item.reshaped_size) if on_cpu else item)
     return item
 
 

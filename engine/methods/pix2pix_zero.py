@@ -171,22 +171,28 @@ class Inversion:
 class InversionCache:
     """A locked LRU of inversions (inverted noise + reference maps), bounded in entries and bytes."""
 
-    def __init__(self, max_entries: int = 3, max_bytes: int = 4 << 30):
+    def __init__(self, max_entries: int = 3, max_bytes: int = 4 << 30, store_on_cpu: bool = False):
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        # On ZeroGPU no CUDA tensor may outlive a call: keep entries on the CPU there.
+        self.store_on_cpu = store_on_cpu
         self._items: "OrderedDict[tuple, Inversion]" = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key) -> Optional[Inversion]:
+    def get(self, key, device=None) -> Optional[Inversion]:
         with self._lock:
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
-            return item
+        if item is not None and self.store_on_cpu and device is not None:
+            item = _moved(item, device)
+        return item
 
     def put(self, key, item: Inversion) -> None:
         item.nbytes = int(item.x_inv.numel() * item.x_inv.element_size()
                           + sum(m.numel() * m.element_size() for step in item.maps for m in step.values()))
+        if self.store_on_cpu:
+            item = _moved(item, "cpu")
         with self._lock:
             self._items[key] = item
             self._items.move_to_end(key)
@@ -202,8 +208,17 @@ class InversionCache:
         return len(self._items)
 
 
+def _moved(item: Inversion, device) -> Inversion:
+    """A copy of `item` with its tensors on `device`."""
+    from dataclasses import replace
+
+    maps = [{name: m.to(device) for name, m in step.items()} for step in item.maps]
+    return replace(item, x_inv=item.x_inv.to(device), maps=maps)
+
+
 CACHE = InversionCache(int(os.environ.get("DES_P2PZ_CACHE_ENTRIES", 3)),
-                       int(os.environ.get("DES_P2PZ_CACHE_MB", 4096)) << 20)
+                       int(os.environ.get("DES_P2PZ_CACHE_MB", 4096)) << 20,
+                       store_on_cpu=os.environ.get("DES_CACHE_ON_CPU") == "1")
 _CAPTIONS: "OrderedDict[tuple, str]" = OrderedDict()
 _CAPTION_LOCK = threading.Lock()
 
@@ -257,7 +272,7 @@ def run(inputs: Pix2PixZeroInputs, models, on_step: Optional[StepCallback] = Non
     # -- 3. inversion and reference maps, or the cached ones ----------------------------------------
     key = (image_hash(image), caption, steps, models.profile, sd.source, str(device), str(models.dtype),
            float(reg_lambda), reg_iters, seed if reg_iters > 0 else None)
-    entry = CACHE.get(key)
+    entry = CACHE.get(key, device)
     cached = entry is not None
     if not cached:
         with torch.no_grad(), log.stage("encode"):
