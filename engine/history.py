@@ -19,6 +19,8 @@ from PIL import Image, PngImagePlugin
 from engine.types import EditResult
 
 CHUNK = "des-settings"
+INPUT_CHUNK = "des-input"   # the input photo, PNG bytes in base64 (compressed iTXt)
+MASK_CHUNK = "des-mask"     # the mask the method used, if any
 FORMAT_VERSION = 1
 
 
@@ -31,17 +33,46 @@ def settings_of(method: str, params: dict, seed: int, profile: str, models: dict
             "params": params, "models": models}
 
 
-def save(result: EditResult, method: str, profile: str, models: dict, folder: Optional[Path] = None) -> list[Path]:
-    """Write each result image with its settings; returns the paths (newest run folder)."""
+def _png_b64(img: Image.Image) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _from_b64(text: str) -> Image.Image:
+    import base64
+    import io
+
+    img = Image.open(io.BytesIO(base64.b64decode(text)))
+    img.load()
+    return img
+
+
+def save(result: EditResult, method: str, profile: str, models: dict, folder: Optional[Path] = None,
+         inputs=None) -> list[Path]:
+    """Write each result image with its settings (and the input photo and mask, so the PNG alone
+    reproduces the result); returns the paths, in a new run folder."""
     folder = Path(folder) if folder else outputs_dir()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = folder / f"{stamp}-{re.sub(r'[^a-z0-9-]', '', method.lower())}-{uuid.uuid4().hex[:6]}"
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = settings_of(method, result.params, result.seed, profile, models)
     paths = []
+    photo = getattr(inputs, "image", None)
+    mask = getattr(inputs, "mask", None)
+    extra = {}
+    if isinstance(photo, Image.Image):
+        extra[INPUT_CHUNK] = _png_b64(photo.convert("RGB"))
+    if isinstance(mask, Image.Image):
+        extra[MASK_CHUNK] = _png_b64(mask.convert("L"))
     for i, img in enumerate(result.images):
         info = PngImagePlugin.PngInfo()
         info.add_itxt(CHUNK, json.dumps(dict(settings, result_index=i)))
+        for key, value in extra.items():
+            info.add_itxt(key, value, zip=True)
         info.add_text("Software", "Diffusion Edit Studio")
         path = run_dir / f"result_{i}.png"
         img.save(path, pnginfo=info)
@@ -62,6 +93,19 @@ def read_settings(source) -> dict:
     if not isinstance(settings, dict) or "method" not in settings or "params" not in settings:
         raise ValueError("the image's studio settings are incomplete")
     return settings
+
+
+def read_inputs(source) -> tuple[Optional[Image.Image], Optional[Image.Image]]:
+    """The input photo and mask stored by `save` (None where absent or unreadable)."""
+    img = source if isinstance(source, Image.Image) else Image.open(source)
+    chunks = dict(getattr(img, "text", None) or {})
+    out = []
+    for key in (INPUT_CHUNK, MASK_CHUNK):
+        try:
+            out.append(_from_b64(chunks[key]) if key in chunks else None)
+        except Exception:  # a damaged chunk loses that input, not the settings
+            out.append(None)
+    return out[0], out[1]
 
 
 def recent(folder: Optional[Path] = None, limit: int = 24) -> list[Path]:

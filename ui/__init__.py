@@ -20,7 +20,7 @@ def build_demo(cache, outputs=None):
     with gr.Blocks(title="Diffusion Edit Studio") as demo:
         gr.Markdown("# Diffusion Edit Studio\nResearch image-editing methods on Stable Diffusion 1.5, side by side.")
         C.banner(runner)
-        with gr.Tabs():
+        with gr.Tabs() as runner.tabs:
             for tab in tabs.available():
                 with gr.Tab(tab.TITLE, id=tab.__name__.rsplit(".", 1)[-1]):
                     tab.build(runner)

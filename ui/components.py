@@ -128,3 +128,31 @@ def _plain(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+@dataclass
+class RestoreTarget:
+    """Which widgets of a tab take which of a method's saved parameters (see the History tab)."""
+
+    method: str
+    tab: str
+    fields: dict
+    editor: Optional[gr.ImageEditor] = None
+
+
+def restorable(runner, method: str, tab_module: str, fields: dict, editor: Optional[gr.ImageEditor] = None) -> None:
+    """Let saved results of `method` restore this tab: fields maps a saved parameter name to the
+    widget that sets it; `editor` (a photo/mask editor) gets the saved input photo and mask."""
+    runner.restore_targets.append(RestoreTarget(method, tab_module.rsplit(".", 1)[-1], dict(fields), editor))
+
+
+def editor_value(photo: Image.Image, mask: Optional[Image.Image] = None) -> dict:
+    """An ImageEditor value showing `photo` with `mask` painted on its brush layer."""
+    layers = []
+    if mask is not None:
+        m = np.asarray(mask.convert("L").resize(photo.size, Image.Resampling.NEAREST)) > 127
+        rgba = np.zeros((photo.height, photo.width, 4), np.uint8)
+        rgba[m] = (255, 255, 255, 153)
+        layers.append(Image.fromarray(rgba, "RGBA"))
+    photo = photo.convert("RGBA")
+    return {"background": photo, "layers": layers, "composite": photo}

@@ -35,6 +35,8 @@ class Runner:
         self._gpu = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
         self._execute = zerogpu.wrap(_execute, duration=_estimate_seconds)
+        self.restore_targets: list = []  # filled by the tabs (components.restorable), read by History
+        self.tabs = None  # the gr.Tabs, so History can switch to a restored tab
 
     @property
     def is_fake(self) -> bool:
@@ -91,7 +93,8 @@ class Runner:
         result = self.call(method.run, inputs, self.cache, request=request, progress=progress)
         if self.outputs is not None:
             try:
-                paths = history.save(result, method.NAME, self.cache.profile, self.cache.describe(), self.outputs)
+                paths = history.save(result, method.NAME, self.cache.profile, self.cache.describe(), self.outputs,
+                                     inputs=inputs)
                 result.notes.append(f"saved to {paths[0].parent.name}")
             except OSError as exc:  # a full disk must not lose the user's result on screen
                 log.warning("could not save the result: %s", exc)

@@ -44,6 +44,9 @@ def build(runner) -> None:
         result = runner.run(sdedit, inputs, request=request, progress=progress)
         return C.present(result, image)
 
+    C.restorable(runner, sdedit.NAME, __name__, {
+        "prompt": prompt, "strength": strength, "steps": steps, "cfg": cfg, "num_results": num_results,
+        "negative_prompt": negative, "resolution": resolution, "seed": seed}, editor=region.editor)
     button.click(edit, region.inputs + [prompt, strength, steps, cfg, num_results, negative, resolution, seed],
                  panel.outputs, api_name=API_NAME, concurrency_id="gpu")
     gr.Examples([[C.example("cat.png"), "a photo of a tiger", 0.7],
