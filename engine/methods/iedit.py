@@ -14,7 +14,7 @@ checkpoint the base model runs the same masked inference, and the result says so
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -25,7 +25,7 @@ from engine.core import masks as MK
 from engine.core import blended
 from engine.core import sampling as S
 from engine.core.image import load_image
-from engine.methods.common import RunLog, check_number, check_seed, check_text
+from engine.methods.common import RunLog, check_number, check_seed, check_text, params_of
 from engine.types import EditResult, StepCallback
 
 NAME = "iedit"
@@ -169,7 +169,7 @@ def run(inputs: IEditInputs, models, on_step: Optional[StepCallback] = None) -> 
         with log.stage("decode"):
             images = S.decode_latents(sd, x)
 
-    params = {k: v for k, v in asdict(inputs).items() if k not in ("image", "mask")}
+    params = params_of(inputs, skip=("image", "mask"))
     params.update(strength=strength, steps=steps, cfg=cfg, num_results=n, seed=seed, mask_threshold=threshold,
                   checkpoint=checkpoint, mode=mode, denoising_steps=max(1, min(steps, int(round(strength * steps)))),
                   mask_coverage=round(MK.coverage(mask), 4),

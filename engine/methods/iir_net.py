@@ -20,7 +20,7 @@ drawn mask, or is the whole image (scene and style edits).
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -33,7 +33,7 @@ from engine.core.image import load_image
 from engine.core.masks import coverage, mask_from_image, overlay, to_latent
 from engine.core.phrases import noun_phrase
 from engine.core.removal import MAX_NOISE, condition, edge_tensor, mask_tensor, removal_image
-from engine.methods.common import RunLog, check_number, check_seed, check_text
+from engine.methods.common import RunLog, check_number, check_seed, check_text, params_of
 from engine.types import EditResult, StepCallback
 
 NAME = "iir-net"
@@ -220,7 +220,7 @@ def run(inputs: IIRNetInputs, models, on_step: Optional[StepCallback] = None) ->
         "removal": removal_pil,
         "edges": Image.fromarray((edges[0, 0].numpy() * 255).astype(np.uint8)).convert("RGB"),
     }
-    params = {k: v for k, v in asdict(inputs).items() if k not in ("image", "mask")}
+    params = params_of(inputs, skip=("image", "mask"))
     params.update(roi_params, mode=mode, noise=noise_k, max_noise=MAX_NOISE, canny_low=low, canny_high=high,
                   steps=steps, cfg=cfg, checkpoint=checkpoint, roi_coverage=round(coverage(mask), 4),
                   masked=inputs.mask is not None and not inputs.whole_image)

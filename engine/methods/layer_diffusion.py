@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 from contextlib import ExitStack, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -39,7 +39,7 @@ from engine.core.line_plot import plot_panels
 from engine.core.lora import temporary_lora
 from engine.core.masks import coverage, is_empty, mask_from_image, overlay, to_latent, to_pil
 from engine.core.text_split import resolve_split, subject_phrase
-from engine.methods.common import RunLog, check_number, check_seed, check_text
+from engine.methods.common import RunLog, check_number, check_seed, check_text, params_of
 from engine.types import EditResult, StepCallback
 
 NAME = "layer-diffusion"
@@ -314,8 +314,7 @@ def run(inputs: LayerDiffusionInputs, models, on_step: Optional[StepCallback] = 
                                                     "L_bg": log.curves["tune_loss_bg"]}),
         ]),
     }
-    params = {k: v for k, v in asdict(inputs).items()
-              if k not in ("image", "reference", "subject_mask", "reference_mask")}
+    params = params_of(inputs, skip=("image", "reference", "subject_mask", "reference_mask"))
     params.update(
         text=text, subject_text=t_a, background_text=t_b, subject_phrase=phrase, reference_mode=ref_mode,
         alpha=alpha, lambda1=lambda1, lambda2=lambda2, embed_steps=embed_steps, embed_lr=embed_lr,

@@ -21,7 +21,7 @@ import argparse
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -35,7 +35,7 @@ from engine.core.autocorr import make_regularizer, noise_image, noise_stats
 from engine.core.image import image_hash, load_image
 from engine.core.inversion import ddim_invert
 from engine.methods import p2pz_directions as D
-from engine.methods.common import RunLog, check_number, check_seed, check_text
+from engine.methods.common import RunLog, check_number, check_seed, check_text, params_of
 from engine.types import EditResult, StepCallback
 
 NAME = "pix2pix-zero"
@@ -306,7 +306,7 @@ def run(inputs: Pix2PixZeroInputs, models, on_step: Optional[StepCallback] = Non
         log.notes.append(f"the caption does not mention {direction.source.label!r}; the edit may be weak")
     if len(sd.tokenizer(caption).input_ids) > sd.tokenizer.model_max_length:
         log.notes.append("the caption is longer than the text encoder's 77 tokens and was cut")
-    params = {k: v for k, v in asdict(inputs).items() if k not in ("image", "source_sentences", "target_sentences")}
+    params = params_of(inputs, skip=("image", "source_sentences", "target_sentences"))
     params.update(caption=caption, caption_source="user" if user_caption else "blip", steps=steps, xa_guidance=xa,
                   cfg=cfg, reg_lambda=reg_lambda, reg_iters=reg_iters, size=list(image.size),
                   inversion_cached=cached,

@@ -60,7 +60,10 @@ def build(runner) -> None:
                 else:
                     values.append(gr.update())
             if t.editor is not None:
-                values.append(C.editor_value(photo, mask) if t is target and photo is not None else gr.update())
+                if t is target and photo is not None:
+                    values.append(C.editor_value(photo, mask) if isinstance(t.editor, gr.ImageEditor) else photo)
+                else:
+                    values.append(gr.update())
         if found.get("profile") != runner.cache.profile:
             gr.Warning(f"saved with the {found.get('profile')!r} profile; this app runs {runner.cache.profile!r}, "
                        "so the result will differ")

@@ -91,6 +91,10 @@ def build(runner) -> None:
     def pick_from_gallery(evt: gr.SelectData):
         return evt.index + 1
 
+    C.restorable(runner, iedit.NAME, __name__, {
+        "prompt": prompt, "mask_text": term, "strength": strength, "checkpoint": checkpoint,
+        "num_results": num_results, "steps": steps, "cfg": cfg, "mask_threshold": threshold,
+        "resolution": resolution, "seed": seed}, editor=me.editor)
     button.click(edit, [*me.inputs, prompt, term, mask_from, strength, checkpoint, num_results, steps, cfg,
                         threshold, resolution, seed], [*panel.outputs, badge, last, shown],
                  api_name=API_NAME, concurrency_id="gpu")

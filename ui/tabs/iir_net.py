@@ -80,6 +80,10 @@ def build(runner) -> None:
         result = runner.run(iir_net, inputs, request=request, progress=progress)
         return (*C.present(result, image), badge_text(checkpoint, result.params.get("mode")))
 
+    C.restorable(runner, iir_net.NAME, __name__, {
+        "prompt": prompt, "roi_text": roi_text, "noise": noise, "canny_low": canny_low, "canny_high": canny_high,
+        "steps": steps, "cfg": cfg, "resolution": resolution, "seed": seed, "checkpoint": checkpoint},
+        editor=region.editor)
     button.click(edit, [*region.inputs, prompt, roi_text, noise, canny_low, canny_high, steps, cfg, resolution, seed,
                         checkpoint], [*panel.outputs, badge], api_name=API_NAME, concurrency_id="gpu")
     gr.Examples([[C.example("cat.png"), "a white cat", "cat", False, 0],

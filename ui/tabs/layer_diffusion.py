@@ -106,6 +106,11 @@ def build(runner) -> None:
         result = runner.run(LD, inputs, request=request, progress=progress)
         return (*C.present(result, image), loss_table(result.curves))
 
+    C.restorable(runner, LD.NAME, __name__, {
+        "text": text, "subject_text": subject, "background_text": background, "keep_background": keep,
+        "alpha": alpha, "lambda1": lambda1, "lambda2": lambda2, "num_results": num_results,
+        "embed_steps": embed_steps, "tune_steps": tune_steps, "steps": steps, "lora_rank": lora_rank,
+        "full_finetune": full, "cfg": cfg, "resolution": resolution, "seed": seed}, editor=region.editor)
     event = button.click(edit, [*region.inputs, text, subject, background, keep, *ref_region.inputs, alpha, lambda1, lambda2,
                                 num_results, embed_steps, tune_steps, steps, lora_rank, full, cfg, resolution, seed],
                          [*panel.outputs, losses], api_name=API_NAME, concurrency_id="gpu")

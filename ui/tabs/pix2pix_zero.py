@@ -86,6 +86,10 @@ def build(runner) -> None:
     photo.clear(lambda: "", None, caption, api_name=False, queue=False)
     caption_button.click(write_caption, [photo, resolution], caption, api_name=CAPTION_API_NAME,
                          concurrency_id="gpu")
+    C.restorable(runner, pix2pix_zero.NAME, __name__, {
+        "caption": caption, "source": source, "target": target, "xa_guidance": xa_guidance, "steps": steps,
+        "cfg": cfg, "reg_lambda": reg_lambda, "reg_iters": reg_iters, "resolution": resolution, "seed": seed},
+        editor=photo)
     button.click(edit, [photo, caption, source, target, source_sentences, target_sentences, xa_guidance, steps, cfg,
                         reg_lambda, reg_iters, resolution, seed],
                  [*panel.outputs, reconstruction, caption], api_name=API_NAME, concurrency_id="gpu")
