@@ -11,8 +11,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Diffusion Edit Studio (Gradio app)")
     p.add_argument("--profile", choices=PROFILES, default=os.environ.get("DES_PROFILE", "sd15"),
                    help="sd15: real weights; tiny: random tiny models, offline; sd15-shape: random full-size")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
+    # A Hugging Face Space sets GRADIO_SERVER_NAME=0.0.0.0; everywhere else the default is this machine only.
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--share", action="store_true", help="ask Gradio for a public share link (off by default)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--memory", choices=("gpu", "offload"), default="gpu",
