@@ -37,7 +37,7 @@ def roi_from_prompt(prompt: str) -> str:
 
 
 def build(runner) -> None:
-    gr.Markdown("Edit what the prompt mentions and keep the rest (Zhang et al., *IIR-Net*, 2024). The region "
+    gr.Markdown("Edit what the prompt mentions and keep the rest (*IIR-Net*: image information removal). The region "
                 "to edit is found from the RoI text with Grounded-SAM, painted with the brush, or the whole "
                 "image. Inside it, colour is erased, and with the noise slider texture too; edges keep the shape.")
     badge = gr.Markdown(badge_text(), elem_id="iir-net-mode")
