@@ -8,39 +8,21 @@ as the real weights.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from PIL import Image
 
+from engine.core.bundle import ModelBundle, load_bundle
 
-@dataclass
-class Blip:
-    """A loaded BLIP captioner: BlipForConditionalGeneration and its BlipProcessor."""
 
-    model: Any
-    processor: Any
-    source: str = ""
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+Blip = ModelBundle  # BlipForConditionalGeneration + BlipProcessor
 
 
 def load_blip(source: str, device: torch.device, dtype: torch.dtype) -> Blip:
     """BLIP image captioning from a hub id or a local folder (model + processor side by side)."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    model = BlipForConditionalGeneration.from_pretrained(source, dtype=dtype)
-    processor = BlipProcessor.from_pretrained(source)
-    model = model.to(torch.device(device)).eval()
-    model.requires_grad_(False)
-    return Blip(model=model, processor=processor, source=str(source))
+    return load_bundle(BlipForConditionalGeneration, BlipProcessor, source, device, dtype)
 
 
 @torch.no_grad()

@@ -13,33 +13,21 @@ retrieval of Sec. 3.1) and by the evaluation scripts (CLIPScore).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from engine.core.bundle import ModelBundle, load_bundle
 
 # CLIP's own normalisation, used when a processor does not state one.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-@dataclass
-class ClipBundle:
+class ClipBundle(ModelBundle):
     """A loaded CLIPModel and its CLIPProcessor."""
-
-    model: Any
-    processor: Any
-    source: str = ""
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -56,11 +44,7 @@ def load_clip(source: str, device: torch.device, dtype: torch.dtype) -> ClipBund
     """CLIPModel + CLIPProcessor from a hub id or a local folder, frozen, on `device` in `dtype`."""
     from transformers import CLIPModel, CLIPProcessor
 
-    model = CLIPModel.from_pretrained(source, dtype=dtype)
-    processor = CLIPProcessor.from_pretrained(source)
-    model = model.to(torch.device(device)).eval()
-    model.requires_grad_(False)
-    return ClipBundle(model=model, processor=processor, source=str(source))
+    return load_bundle(CLIPModel, CLIPProcessor, source, device, dtype, bundle_cls=ClipBundle)
 
 
 def _features(output) -> torch.Tensor:

@@ -19,11 +19,13 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
+
+from engine.core.bundle import ModelBundle, load_bundle
 
 DEFAULT_GROUNDING_DINO = "IDEA-Research/grounding-dino-tiny"
 DEFAULT_SAM = "facebook/sam-vit-base"
@@ -35,55 +37,28 @@ Point = Union[tuple[float, float], tuple[float, float, bool]]
 
 # -- bundles and loaders ----------------------------------------------------------------
 
-@dataclass
-class Segmenter:
-    """A loaded segmentation model and its processor (what each loader returns)."""
-
-    model: Any
-    processor: Any
-    source: str = ""
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-
-def _finish(model, processor, source: str, device, dtype) -> Segmenter:
-    """Move to device/dtype, switch to inference mode, freeze, and bundle."""
-    model = model.to(device=torch.device(device), dtype=dtype).eval()
-    model.requires_grad_(False)
-    return Segmenter(model=model, processor=processor, source=str(source))
+Segmenter = ModelBundle  # what each loader returns: a model and its processor
 
 
 def load_grounding_dino(source: str, device: torch.device, dtype: torch.dtype) -> Segmenter:
     """GroundingDINO for open-vocabulary boxes, from a hub id or a local folder."""
     from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
 
-    model = GroundingDinoForObjectDetection.from_pretrained(source)
-    processor = GroundingDinoProcessor.from_pretrained(source)
-    return _finish(model, processor, source, device, dtype)
+    return load_bundle(GroundingDinoForObjectDetection, GroundingDinoProcessor, source, device, dtype)
 
 
 def load_sam(source: str, device: torch.device, dtype: torch.dtype) -> Segmenter:
     """Segment Anything (any size: vit-base, -large, -huge), from a hub id or a local folder."""
     from transformers import SamModel, SamProcessor
 
-    model = SamModel.from_pretrained(source)
-    processor = SamProcessor.from_pretrained(source)
-    return _finish(model, processor, source, device, dtype)
+    return load_bundle(SamModel, SamProcessor, source, device, dtype)
 
 
 def load_clipseg(source: str, device: torch.device, dtype: torch.dtype) -> Segmenter:
     """CLIPSeg for soft text-prompted masks, from a hub id or a local folder."""
     from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-    model = CLIPSegForImageSegmentation.from_pretrained(source)
-    processor = CLIPSegProcessor.from_pretrained(source)
-    return _finish(model, processor, source, device, dtype)
+    return load_bundle(CLIPSegForImageSegmentation, CLIPSegProcessor, source, device, dtype)
 
 
 # -- results ------------------------------------------------------------------------------

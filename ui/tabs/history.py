@@ -3,7 +3,6 @@ Dropping such a PNG here (or picking one from the list) fills its tab with the s
 photo and mask, so the same seed reproduces the same result."""
 from __future__ import annotations
 
-import json
 
 import gradio as gr
 
