@@ -35,6 +35,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from engine.train.perceptual import tiny_trunk as tiny_vgg_trunk
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_LPIPS = "tiny-lpips"
@@ -110,18 +112,6 @@ class LPIPSNet(nn.Module):
         return self.layer_distances(a, b).sum(dim=1)
 
 
-def _tiny_trunk(channels: Sequence[int]) -> nn.Sequential:
-    """conv-relu-conv-relu(-pool) per entry: a VGG with two convolutions per stage."""
-    layers: list[nn.Module] = []
-    c_in = 3
-    for j, c in enumerate(channels):
-        layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU()]
-        if j < len(channels) - 1:
-            layers.append(nn.MaxPool2d(2, 2))
-        c_in = c
-    return nn.Sequential(*layers)
-
-
 def build_tiny_lpips(out_dir: Path) -> None:
     """A random 5-stage VGG-like trunk (4-8 channels) with random non-negative linear weights."""
     from safetensors.torch import save_file
@@ -131,7 +121,7 @@ def build_tiny_lpips(out_dir: Path) -> None:
     channels = [4, 8, 8, 8, 8]
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG
         torch.manual_seed(0)
-        trunk = _tiny_trunk(channels)
+        trunk = tiny_vgg_trunk(channels)
         linear = [torch.rand(c) for c in channels]
     tensors = {f"features.{k}": v.contiguous() for k, v in trunk.state_dict().items()}
     tensors.update({f"lin{l}": w for l, w in enumerate(linear)})
@@ -191,7 +181,7 @@ def load_lpips(source: str, device: torch.device, dtype: torch.dtype) -> LPIPSNe
     if path.is_dir() and config.is_file() and json.loads(config.read_text()).get("architecture") == TINY_LPIPS:
         cfg = json.loads(config.read_text())
         tensors = load_file(str(path / "model.safetensors"))
-        trunk = _tiny_trunk(cfg["channels"])
+        trunk = tiny_vgg_trunk(cfg["channels"])
         trunk.load_state_dict({k.removeprefix("features."): v for k, v in tensors.items()
                                if k.startswith("features.")})
         linear = [tensors[f"lin{l}"] for l in range(len(cfg["channels"]))]

@@ -72,7 +72,7 @@ def perceptual_loss(vgg: VGGFeatures, a: torch.Tensor, b: torch.Tensor) -> torch
 
 
 # -- tiny stand-in -------------------------------------------------------------------------------
-def _tiny_trunk(channels: Sequence[int]) -> nn.Sequential:
+def tiny_trunk(channels: Sequence[int]) -> nn.Sequential:
     """conv-relu-conv-relu-pool per entry of `channels` (a VGG block with 2 convs)."""
     layers: list[nn.Module] = []
     c_in = 3
@@ -93,7 +93,7 @@ def build_tiny_vgg(out_dir: Path) -> None:
     channels = [8, 16, 16]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        trunk = _tiny_trunk(channels)
+        trunk = tiny_trunk(channels)
     save_file({f"features.{k}": v.contiguous() for k, v in trunk.state_dict().items()},
               str(out_dir / "model.safetensors"))
     (out_dir / "config.json").write_text(json.dumps({"architecture": TINY_ARCHITECTURE, "channels": channels}))
@@ -104,7 +104,7 @@ def _load_tiny(folder: Path) -> nn.Sequential:
     from safetensors.torch import load_file
 
     config = json.loads((folder / "config.json").read_text())
-    trunk = _tiny_trunk(config["channels"])
+    trunk = tiny_trunk(config["channels"])
     state = {k.removeprefix("features."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
     trunk.load_state_dict(state)
     return trunk
