@@ -156,3 +156,20 @@ def editor_value(photo: Image.Image, mask: Optional[Image.Image] = None) -> dict
         layers.append(Image.fromarray(rgba, "RGBA"))
     photo = photo.convert("RGBA")
     return {"background": photo, "layers": layers, "composite": photo}
+
+
+def run_buttons(prefix: str, label: str = "Edit") -> tuple[gr.Button, gr.Button]:
+    """The Edit button and its Stop button, side by side."""
+    with gr.Row():
+        run = gr.Button(label, variant="primary", elem_id=f"{prefix}-run", scale=3)
+        stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop", scale=1)
+    return run, stop
+
+
+def wire_stop(runner, stop: gr.Button, event, api_name: str) -> None:
+    """Stop asks the running edit of this browser session to end at its next step (the engine
+    raises Cancelled and its `finally` blocks clean up) and drops the pending event."""
+    def stop_run(request: gr.Request):
+        runner.stop(request)
+
+    stop.click(stop_run, None, None, cancels=[event], api_name=api_name, queue=False)

@@ -53,7 +53,7 @@ def build(runner) -> None:
                 threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="CLIPSeg mask threshold")
                 resolution = gr.Slider(64, 1024, value=512, step=64, label="Resolution (longest side)")
             seed = C.seed_row()
-            button = gr.Button("Edit", variant="primary", elem_id="iedit-run")
+            button, stop = C.run_buttons("iedit")
         with gr.Column():
             panel = C.result_panel("Results (click one to compare it with the photo)")
             shown = gr.Slider(1, 4, value=1, step=1, label="Result in the before/after slider", elem_id="iedit-shown")
@@ -95,9 +95,10 @@ def build(runner) -> None:
         "prompt": prompt, "mask_text": term, "strength": strength, "checkpoint": checkpoint,
         "num_results": num_results, "steps": steps, "cfg": cfg, "mask_threshold": threshold,
         "resolution": resolution, "seed": seed}, editor=me.editor)
-    button.click(edit, [*me.inputs, prompt, term, mask_from, strength, checkpoint, num_results, steps, cfg,
+    event = button.click(edit, [*me.inputs, prompt, term, mask_from, strength, checkpoint, num_results, steps, cfg,
                         threshold, resolution, seed], [*panel.outputs, badge, last, shown],
                  api_name=API_NAME, concurrency_id="gpu")
+    C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
     panel.results.select(pick_from_gallery, None, shown, api_name=False, queue=False)
     shown.change(pick, [last, shown], panel.compare, api_name="iedit_compare", queue=False)
     gr.Examples([[C.example("cat.png"), "a photo of a tiger", "cat", 0.7],

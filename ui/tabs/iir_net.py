@@ -59,7 +59,7 @@ def build(runner) -> None:
                 cfg = gr.Slider(1.0, 20.0, value=9.0, step=0.5, label="Guidance scale (CFG)")
                 resolution = gr.Slider(64, 1024, value=512, step=64, label="Resolution (longest side)")
             seed = C.seed_row()
-            button = gr.Button("Edit", variant="primary", elem_id="iir-net-run")
+            button, stop = C.run_buttons("iir-net")
         with gr.Column():
             panel = C.result_panel("Edit")
 
@@ -84,8 +84,9 @@ def build(runner) -> None:
         "prompt": prompt, "roi_text": roi_text, "noise": noise, "canny_low": canny_low, "canny_high": canny_high,
         "steps": steps, "cfg": cfg, "resolution": resolution, "seed": seed, "checkpoint": checkpoint},
         editor=region.editor)
-    button.click(edit, [*region.inputs, prompt, roi_text, noise, canny_low, canny_high, steps, cfg, resolution, seed,
+    event = button.click(edit, [*region.inputs, prompt, roi_text, noise, canny_low, canny_high, steps, cfg, resolution, seed,
                         checkpoint], [*panel.outputs, badge], api_name=API_NAME, concurrency_id="gpu")
+    C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
     gr.Examples([[C.example("cat.png"), "a white cat", "cat", False, 0],
                  [C.example("coffee.png"), "a green cup", "cup", False, 0],
                  [C.example("rocket.jpg"), "a red rocket", "rocket", False, 300],

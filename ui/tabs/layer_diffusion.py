@@ -78,9 +78,7 @@ def build(runner) -> None:
                 cfg = gr.Slider(1.0, 20.0, value=7.5, step=0.5, label="Guidance scale (CFG)")
                 resolution = gr.Slider(64, 1024, value=512, step=64, label="Resolution (longest side)")
             seed = C.seed_row()
-            with gr.Row():
-                button = gr.Button("Edit", variant="primary", elem_id="ld-run", scale=3)
-                stop = gr.Button("Stop", variant="stop", elem_id="ld-stop", scale=1)
+            button, stop = C.run_buttons("ld")
         with gr.Column():
             panel = C.result_panel()
             losses = gr.LinePlot(loss_table({}), x="step", y="loss", color="curve", label="Losses",
@@ -115,10 +113,7 @@ def build(runner) -> None:
                                 num_results, embed_steps, tune_steps, steps, lora_rank, full, cfg, resolution, seed],
                          [*panel.outputs, losses], api_name=API_NAME, concurrency_id="gpu")
 
-    def stop_run(request: gr.Request):
-        runner.stop(request)  # the engine raises Cancelled at its next step; its finally cleans up
-
-    stop.click(stop_run, None, None, cancels=[event], api_name="layer_diffusion_stop", queue=False)
+    C.wire_stop(runner, stop, event, api_name="layer_diffusion_stop")
     gr.Examples([[C.example("cat.png"), "a cat sitting on a beach", 0.7],
                  [C.example("astronaut.png"), "an astronaut standing on the moon", 0.7]],
                 [region.editor, text, alpha], label="Examples")

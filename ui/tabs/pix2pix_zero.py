@@ -56,7 +56,7 @@ def build(runner) -> None:
                 resolution = gr.Slider(64, 1024, value=512, step=64, label="Resolution (longest side)",
                                        elem_id="p2pz-resolution")
             seed = C.seed_row()
-            button = gr.Button("Edit", variant="primary", elem_id="p2pz-run")
+            button, stop = C.run_buttons("p2pz")
         with gr.Column():
             panel = C.result_panel("Edit")
             reconstruction = gr.Image(label="Reconstruction (the inverted photo rebuilt with the caption)",
@@ -90,9 +90,10 @@ def build(runner) -> None:
         "caption": caption, "source": source, "target": target, "xa_guidance": xa_guidance, "steps": steps,
         "cfg": cfg, "reg_lambda": reg_lambda, "reg_iters": reg_iters, "resolution": resolution, "seed": seed},
         editor=photo)
-    button.click(edit, [photo, caption, source, target, source_sentences, target_sentences, xa_guidance, steps, cfg,
+    event = button.click(edit, [photo, caption, source, target, source_sentences, target_sentences, xa_guidance, steps, cfg,
                         reg_lambda, reg_iters, resolution, seed],
                  [*panel.outputs, reconstruction, caption], api_name=API_NAME, concurrency_id="gpu")
+    C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
     gr.Examples([[C.example("cat.png"), "", "cat → dog", 0.1],
                  [C.example("cat.png"), "", "cat → cat wearing sunglasses", 0.1],
                  [C.example("coffee.png"), "", "photo → watercolor painting", 0.05]],

@@ -29,7 +29,7 @@ def build(runner) -> None:
                 negative = gr.Textbox(label="Negative prompt", value="")
                 resolution = gr.Slider(64, 1024, value=512, step=64, label="Resolution (longest side)")
             seed = C.seed_row()
-            button = gr.Button("Edit", variant="primary", elem_id="sdedit-run")
+            button, stop = C.run_buttons("sdedit")
         with gr.Column():
             panel = C.result_panel()
 
@@ -47,8 +47,9 @@ def build(runner) -> None:
     C.restorable(runner, sdedit.NAME, __name__, {
         "prompt": prompt, "strength": strength, "steps": steps, "cfg": cfg, "num_results": num_results,
         "negative_prompt": negative, "resolution": resolution, "seed": seed}, editor=region.editor)
-    button.click(edit, region.inputs + [prompt, strength, steps, cfg, num_results, negative, resolution, seed],
+    event = button.click(edit, region.inputs + [prompt, strength, steps, cfg, num_results, negative, resolution, seed],
                  panel.outputs, api_name=API_NAME, concurrency_id="gpu")
+    C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
     gr.Examples([[C.example("cat.png"), "a photo of a tiger", 0.7],
                  [C.example("coffee.png"), "a cup of green tea on a wooden table", 0.6]],
                 [photo, prompt, strength], label="Examples")
