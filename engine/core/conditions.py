@@ -140,8 +140,12 @@ class Annotators:
     errors: dict[str, str] | None = None
 
 
-def load_annotators(source: str = "lllyasviel/Annotators", which: Sequence[str] = ("hed", "openpose")) -> Annotators:
+def load_annotators(source: str = "lllyasviel/Annotators", device: Any = None, dtype: Any = None,
+                    which: Sequence[str] = ("hed", "openpose")) -> Annotators:
     """Load HED (or PiDiNet, ``"pidinet"``) and OpenPose from a hub id or a local folder.
+
+    ``device`` and ``dtype`` are accepted (and unused: the detectors run where controlnet-aux
+    puts them) so that ModelCache can call this as its ``loader(source, device, dtype)``.
 
     Never raises for missing weights: a detector that cannot load is None and its reason is
     in ``errors`` so the caller can say which fallback it uses. Set ``HF_HUB_OFFLINE=1``

@@ -1,0 +1,128 @@
+"""The ITO tab in headless Chromium: upload a photo, drag a pose joint (the keypoint JSON changes),
+draw a scribble stroke on the canvas and run the edit (the mask, guidance image and edit appear).
+Screenshots: tests/artifacts/ito_pose.png and tests/artifacts/ito.png."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from engine.core.conditions import JOINTS
+from tests.ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, running_app
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+J = {name: i for i, name in enumerate(JOINTS)}
+SUBTAB = "xpath=//*[@id='ito-conditions']/following::button[@role='tab' and normalize-space()='{}']"
+
+
+@pytest.fixture(scope="module")
+def page(tiny_models):
+    from playwright.sync_api import sync_playwright
+
+    with running_app(tiny_models) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.get_by_role("tab", name="ITO (text, scribble, pose)").click()
+        page.wait_for_selector("#ito-run")
+        # Small and fast: 128 px, 3 steps, 2 mask seeds (set before the photo: it is read at this size).
+        page.locator("#ito-run").locator("xpath=preceding::*[normalize-space()='Advanced'][1]").click()
+        for elem_id, value in (("ito-resolution", "128"), ("ito-steps", "3"), ("ito-tu", "2"), ("ito-seeds", "2")):
+            box = page.locator(f"#{elem_id} input[type=number]")
+            box.fill(value)
+            box.press("Enter")
+        page.locator("#ito-photo input[type=file]").first.set_input_files(str(ROOT / "assets/examples/cat.png"))
+        page.wait_for_function("document.querySelector('#ito-prompt textarea').value.length > 0", timeout=120_000)
+        page.errors = errors
+        yield page
+        browser.close()
+
+
+def _pose(page) -> dict:
+    return json.loads(page.eval_on_selector("#ito-pose-json textarea", "e => e.value"))
+
+
+def _settled(page, selector: str) -> None:
+    """Wait until no pending event shows its progress overlay on the component (it eats the pointer)."""
+    page.wait_for_function(f"document.querySelector('{selector}') && document.querySelectorAll("
+                           f"'{selector} [data-testid=status-tracker]:not(.hide)').length === 0", timeout=60_000)
+
+
+def _stable_box(page, selector: str) -> dict:
+    """The element's viewport box once the layout stops moving (scrolled into view: mouse events
+    only reach what is on screen)."""
+    page.locator(selector).first.scroll_into_view_if_needed()
+    last = None
+    for _ in range(50):
+        box = page.locator(selector).first.bounding_box()
+        if box and box == last:
+            return box
+        last = box
+        page.wait_for_timeout(150)
+    return last
+
+
+def test_drag_a_pose_joint_changes_the_keypoint_json(page, artifacts):
+    page.locator(SUBTAB.format("Pose")).click()  # tabs render lazily: the editor mounts now
+    page.wait_for_function("(document.querySelector('#ito-pose-json textarea') || {value: ''}).value.length > 10",
+                           timeout=20_000)
+    _settled(page, "#ito-pose")
+    before = _pose(page)
+    assert (before["canvas_width"], before["canvas_height"]) == (128, 88)  # the photo at 128 px
+    box = _stable_box(page, "#ito-pose canvas[data-role=edit]")
+    k = box["width"] / before["canvas_width"]
+    x, y = before["people"][0]["pose_keypoints_2d"][3 * J["RWrist"]: 3 * J["RWrist"] + 2]
+    sx, sy = box["x"] + x * k, box["y"] + y * k
+    page.mouse.move(sx, sy)
+    page.mouse.down()
+    for i in range(1, 11):
+        page.mouse.move(sx - 3 * i, sy - 4 * i)
+    page.mouse.up()
+    try:
+        page.wait_for_function("document.querySelector('#ito-pose-json textarea').value !== "
+                               f"{json.dumps(json.dumps(before))}", timeout=10_000)
+    finally:
+        page.screenshot(path=str(artifacts / "ito_pose.png"), full_page=True)
+    print("drag", box, sx, sy, page.inner_text("#ito-pose [data-role=status]"))
+    after = _pose(page)
+    new = after["people"][0]["pose_keypoints_2d"][3 * J["RWrist"]: 3 * J["RWrist"] + 2]
+    box2 = page.locator("#ito-pose canvas[data-role=edit]").bounding_box()
+    print("box before", box, "after", box2)
+    # The joint sits under the pointer's last position (measured on the canvas where it is now).
+    assert new[0] == pytest.approx((sx - 30 - box2["x"]) / k, abs=1.5)
+    assert new[1] == pytest.approx((sy - 40 - box2["y"]) / k, abs=1.5)
+    assert (new[0], new[1]) != (x, y)
+    assert after["people"][0]["pose_keypoints_2d"][3 * J["LWrist"]:] == \
+        before["people"][0]["pose_keypoints_2d"][3 * J["LWrist"]:]
+    page.screenshot(path=str(artifacts / "ito_pose.png"), full_page=True)
+    assert not page.errors, page.errors
+
+
+def test_draw_a_scribble_stroke_and_run_the_edit(page, artifacts):
+    page.locator(SUBTAB.format("Scribble")).click()
+    # Use only the scribble: the run fails ("no condition changed") unless the stroke reached Python.
+    page.locator("#ito-conditions label", has_text="Text").click()
+    page.locator("#ito-conditions label", has_text="Scribble").click()
+    _settled(page, "#ito-scribble")
+    canvas = _stable_box(page, "#ito-scribble canvas")
+    x0, y0 = canvas["x"] + canvas["width"] * 0.3, canvas["y"] + canvas["height"] * 0.3
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for i in range(1, 21):
+        page.mouse.move(x0 + 8 * i, y0 + 5 * i)
+    page.mouse.up()
+    page.wait_for_timeout(500)
+    page.locator("#ito-run").click()
+    try:
+        page.wait_for_selector("text=unet_evals", timeout=180_000)
+        page.locator("#ito-mask").scroll_into_view_if_needed()  # the images load lazily, when on screen
+        page.wait_for_function("['#ito-edit', '#ito-guidance', '#ito-mask'].every(s => { const i = "
+                               "document.querySelector(s + ' img'); return i && i.complete && i.naturalWidth; })",
+                               timeout=30_000)
+    finally:
+        page.screenshot(path=str(artifacts / "ito.png"), full_page=True)
+    assert os.path.getsize(artifacts / "ito.png") > 10_000
+    assert page.locator("#ito-edit img").first.evaluate("i => i.naturalWidth") == 128
+    assert not page.errors, page.errors

@@ -1,0 +1,92 @@
+"""The ITO tab answers gradio_client on the tiny profile: the photo's conditions on upload, edits by
+pose and by scribble (a stroke layer, as the canvas sends it), and readable errors."""
+import json
+
+import pytest
+from PIL import Image, ImageDraw
+
+from engine.core import conditions as K
+from engine.core.image import load_image
+from tests.ui_helpers import ROOT, editor_payload, running_app
+
+CAT = ROOT / "assets" / "examples" / "cat.png"
+SIZE = load_image(CAT, 128).size  # the photo at resolution 128 (128x88)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_models):
+    from gradio_client import Client
+
+    with running_app(tiny_models) as url:
+        yield Client(url, verbose=False)
+
+
+def _edit(client, **kw):
+    args = dict(editor=editor_payload(CAT), grow=0, feather=0, invert=False, whole=False,
+                mask_mode="replace the estimated mask", conditions=["Pose"], caption="a cat", prompt="",
+                scribble=None, scribble_source=None, pose_json="", pose_source="", lam=0.6, t_u=2, k=1, lr=0.1,
+                encode_ratio=1.0, tau=0.1, mask_seeds=2, steps=3, cfg=7.5, control_scale=1.0, resolution=128, seed=3)
+    args.update(kw)
+    return client.predict(*args.values(), api_name="/ito")
+
+
+def _moved(pose_text: str) -> str:
+    data = json.loads(pose_text)
+    flat = data["people"][0]["pose_keypoints_2d"]
+    flat[12], flat[13] = flat[12] + 6, flat[13] - 6  # RWrist
+    return json.dumps(data)
+
+
+def test_prepare_fills_caption_canvas_and_pose(client):
+    caption, prompt, canvas, source, html, pose_json, pose_source, notes = client.predict(
+        editor_payload(CAT), 128, api_name="/ito_prepare")
+    assert caption and prompt == caption
+    assert Image.open(canvas["background"]).size == SIZE and len(canvas["layers"]) == 1
+    layer = Image.open(canvas["layers"][0])
+    assert layer.mode == "RGBA" and layer.getchannel("A").getextrema() == (0, 255)  # strokes on transparency
+    assert Image.open(source).size == SIZE
+    assert K.pose_from_json(pose_json).size == SIZE and pose_json == pose_source
+    assert json.loads(html)["pose"] == json.loads(pose_json)
+    assert "default standing skeleton" in notes and "edge-based fallback" in notes
+
+
+def test_pose_edit_returns_mask_guidance_and_edit(client):
+    _, _, _, _, _, pose_json, _, _ = client.predict(editor_payload(CAT), 128, api_name="/ito_prepare")
+    mask, guidance, edited, results, compare, intermediates, details, caption = _edit(
+        client, pose_json=_moved(pose_json), pose_source=pose_json)
+    assert Image.open(edited).size == SIZE and Image.open(guidance).size == SIZE and Image.open(mask).size == SIZE
+    assert details["unet_evals"] == {"forward": 5 * 3, "backward": 0}
+    assert details["params"]["conditions"] == ["pose"]
+    assert {item["caption"] for item in intermediates} == {"mask", "guidance", "condition_source", "condition_edit"}
+    assert caption == "a cat"
+
+
+def test_scribble_layer_edit_with_lambda_one(client, tmp_path):
+    from gradio_client import handle_file
+
+    _, _, canvas, source, _, _, _, _ = client.predict(editor_payload(CAT), 128, api_name="/ito_prepare")
+    layer = Image.open(canvas["layers"][0]).convert("RGBA")
+    ImageDraw.Draw(layer).line((10, 10, 100, 60), fill=(30, 64, 255, 255), width=4)  # a new stroke
+    layer.save(tmp_path / "layer.png")
+    payload = {"background": handle_file(canvas["background"]), "layers": [handle_file(str(tmp_path / "layer.png"))],
+               "composite": handle_file(canvas["background"])}
+    mask, guidance, edited, *_, details, _ = _edit(client, conditions=["Scribble"], scribble=payload,
+                                                   scribble_source=handle_file(source), lam=1.0)
+    assert guidance is None and Image.open(edited).size == SIZE
+    assert details["unet_evals"]["forward"] == 3 * 3 and details["params"]["changed"] == {"text": False,
+                                                                                          "scribble": True}
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"conditions": ["Text"], "prompt": "a cat"}, "no condition changed"),
+    ({"conditions": ["Pose"], "pose_json": json.dumps({"canvas_width": 128, "canvas_height": 88, "people": [
+        {"pose_keypoints_2d": [300, 10, 1] + [0, 0, 0] * 17}]})}, "outside the 128x88 canvas"),
+    ({"conditions": ["Scribble"]}, "scribble canvas is empty"),
+    ({"conditions": ["Text"], "prompt": "a dog", "lam": 3}, "lambda|greater than maximum"),
+    ({"editor": None}, "Upload a photo"),
+])
+def test_bad_input_is_a_readable_error(client, kw, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        _edit(client, **kw)
