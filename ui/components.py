@@ -32,53 +32,6 @@ def banner(runner) -> None:
             elem_classes=["fake-banner"], elem_id="fake-banner")
 
 
-def photo_with_brush(label: str = "Photo (paint the region to edit, or leave unpainted to edit everywhere)",
-                     elem_id: Optional[str] = None) -> gr.ImageEditor:
-    """An upload box with a white brush layer; the painted pixels are the mask."""
-    return gr.ImageEditor(
-        label=label, type="pil", image_mode="RGBA", sources=("upload", "clipboard"),
-        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
-        eraser=gr.Eraser(default_size=24), layers=False, transforms=(), height=420,
-        elem_id=elem_id)
-
-
-def split_editor(value) -> tuple[Optional[Image.Image], Optional[Image.Image]]:
-    """ImageEditor value -> (photo, mask or None). The mask is L-mode: 255 where painted."""
-    if value is None:
-        return None, None
-    if isinstance(value, Image.Image):
-        return value, None
-    if not isinstance(value, dict):
-        raise gr.Error("The photo could not be read; upload it again.")
-    background = value.get("background")
-    layers = [layer for layer in (value.get("layers") or []) if layer is not None]
-    if background is None:
-        background = value.get("composite")
-    if background is None:
-        return None, None
-    background = _as_pil(background)
-    painted = None
-    for layer in layers:
-        layer = _as_pil(layer)
-        if layer.mode != "RGBA":
-            continue
-        alpha = np.asarray(layer.getchannel("A")) > 0
-        painted = alpha if painted is None else (painted | alpha)
-    if painted is None or not painted.any():
-        return background, None
-    return background, Image.fromarray(painted.astype(np.uint8) * 255, "L")
-
-
-def _as_pil(value) -> Image.Image:
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, np.ndarray):
-        return Image.fromarray(value)
-    if isinstance(value, str):
-        return Image.open(value)
-    raise gr.Error("The photo could not be read; upload it again.")
-
-
 def seed_row(value: int = 0) -> gr.Number:
     """A seed box with a button that draws a random seed."""
     with gr.Row(equal_height=True):

@@ -280,7 +280,9 @@ def mask_editor(runner, prefix: str, label: str = "Photo: paint the region (whit
             label=label, type="pil", image_mode="RGBA", sources=("upload", "clipboard"), format="png",
             brush=gr.Brush(colors=[("#ffffff", LAYER_ALPHA)], color_mode="fixed", default_size=24),
             eraser=gr.Eraser(default_size=24), layers=False, transforms=(), height=height,
-            elem_id=f"{prefix}-photo")
+            # Gradio 6.31 centres a layer set from Python in the initial canvas: a small canvas
+            # keeps text/click selections aligned with the photo.
+            canvas_size=(64, 64), elem_id=f"{prefix}-photo")
         with gr.Row(equal_height=True):
             text = gr.Textbox(label="Select by text", placeholder="the dog on the left", scale=4,
                               elem_id=f"{prefix}-select-text")
