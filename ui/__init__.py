@@ -25,7 +25,11 @@ def build_demo(cache, outputs=None):
                 with gr.Tab(tab.TITLE, id=tab.__name__.rsplit(".", 1)[-1]):
                     tab.build(runner)
     demo.runner = runner
-    return demo
+    from ui.api_guard import guard
+    from ui.gradio_patches import atomic_image_cache
+
+    atomic_image_cache()  # concurrent requests returning the same image must not truncate each other's
+    return guard(demo)  # readable errors for API values no widget sends
 
 
 def launch_kwargs(outputs=None, max_upload_mb: int = 25) -> dict:
@@ -34,4 +38,6 @@ def launch_kwargs(outputs=None, max_upload_mb: int = 25) -> dict:
     the upload size limit."""
     css = CSS_PATH.read_text() if CSS_PATH.exists() else ""
     allowed = [str(CSS_PATH.parent)] + ([str(Path(outputs).resolve())] if outputs else [])
-    return {"css": css, "allowed_paths": allowed, "max_file_size": f"{int(max_upload_mb)}mb"}
+    # show_error: a payload Gradio itself refuses (say, text where an image goes) reaches the
+    # client as its message instead of "The upstream Gradio app has raised an exception".
+    return {"css": css, "allowed_paths": allowed, "max_file_size": f"{int(max_upload_mb)}mb", "show_error": True}

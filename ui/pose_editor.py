@@ -141,7 +141,12 @@ def load_uploaded_pose(path: str | None, current: str | None) -> tuple[str, str]
     """Values for ``(html, json)`` from an uploaded OpenPose JSON file (kept photo, scaled pose)."""
     if not path:
         raise gr.Error("No file was uploaded.")
-    state = json.loads(current) if current else {}
+    try:
+        state = json.loads(current) if current else {}
+    except ValueError:
+        state = None
+    if not isinstance(state, dict):  # the editor's own value; only a hand-made API call gets here
+        raise gr.Error("The pose editor's state could not be read (expected its JSON value); reload the page.")
     size = None
     if state.get("pose"):
         size = (state["pose"]["canvas_width"], state["pose"]["canvas_height"])
