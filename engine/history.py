@@ -29,8 +29,10 @@ def outputs_dir() -> Path:
 
 
 def settings_of(method: str, params: dict, seed: int, profile: str, models: dict) -> dict:
+    from engine.report import jsonable
+
     return {"format": FORMAT_VERSION, "method": method, "seed": int(seed), "profile": profile,
-            "params": params, "models": models}
+            "params": jsonable(params), "models": models}
 
 
 def _png_b64(img: Image.Image) -> str:

@@ -26,7 +26,7 @@ def write_result(result: EditResult, out: Path, method: str, profile: str, extra
         "method": method,
         "profile": profile,
         "seed": result.seed,
-        "params": _jsonable(result.params),
+        "params": jsonable(result.params),
         "seconds": result.seconds,
         "unet_evals": result.unet_evals,
         "intermediates": files,
@@ -40,11 +40,12 @@ def write_result(result: EditResult, out: Path, method: str, profile: str, extra
     return report
 
 
-def _jsonable(value):
+def jsonable(value):
+    """Plain JSON values: dicts, lists, numbers, text; anything else as its str()."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)

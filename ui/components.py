@@ -12,6 +12,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from engine.report import jsonable
 from engine.types import EditResult
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -69,18 +70,8 @@ def present(result: EditResult, before: Image.Image, chosen: int = 0) -> tuple:
     gallery = [(img, f"seed {result.seed} · result {i + 1}") for i, img in enumerate(result.images)]
     inter = [(img, name) for name, img in result.intermediates.items()]
     details = {"seed": result.seed, "seconds": result.seconds, "unet_evals": result.unet_evals,
-               "notes": result.notes, "params": _plain(result.params)}
+               "notes": result.notes, "params": jsonable(result.params)}
     return gallery, (before.convert("RGB"), after), inter, details
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 @dataclass
