@@ -127,7 +127,7 @@ def dino_keys(dino, images: Sequence[Image.Image], size: Optional[int] = None) -
     """Keys of the last layer of a DINO ViT, (B, tokens, dim): images resized to size x size
     (the model's own input size by default), ImageNet-normalised. Read with a forward hook on the
     key projection, removed in `finally`."""
-    from bench.metric_models import IMAGENET_MEAN, IMAGENET_STD, key_projection
+    from engine.core.metric_models import IMAGENET_MEAN, IMAGENET_STD, key_projection
 
     own = int(dino.config.image_size)
     size = int(size or own)

@@ -80,11 +80,11 @@ COMPONENTS: dict[str, ComponentSpec] = {
                       "engine.train.perceptual:build_tiny_vgg", None, "VGG16 features (perceptual loss)"),
         ComponentSpec("annotators", "lllyasviel/Annotators", "engine.core.conditions:load_annotators",
                       None, None, "controlnet-aux detectors (HED scribble, OpenPose)"),
-        ComponentSpec("lpips", "timm/vgg16.tv_in1k", "bench.metric_models:load_lpips",
-                      "bench.metric_models:build_tiny_lpips", None, "LPIPS trunk (evaluation; see bench/metric_models.py)"),
-        ComponentSpec("dino", "facebook/dino-vitb8", "bench.metric_models:load_dino",
-                      "bench.metric_models:build_tiny_dino", None, "DINO ViT (evaluation: Structure Dist)"),
-        ComponentSpec("pickscore", "yuvalkirstain/PickScore_v1", "bench.metric_models:load_pickscore",
+        ComponentSpec("lpips", "timm/vgg16.tv_in1k", "engine.core.metric_models:load_lpips",
+                      "engine.core.metric_models:build_tiny_lpips", None, "LPIPS trunk (evaluation; see engine/core/metric_models.py)"),
+        ComponentSpec("dino", "facebook/dino-vitb8", "engine.core.metric_models:load_dino",
+                      "engine.core.metric_models:build_tiny_dino", None, "DINO ViT (evaluation: Structure Dist)"),
+        ComponentSpec("pickscore", "yuvalkirstain/PickScore_v1", "engine.core.metric_models:load_pickscore",
                       "engine.tiny.clip:build_tiny_clip", None, "PickScore (evaluation)"),
     )
 }

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from bench import metrics as M
-from bench.metric_models import LPIPSNet, key_projection, linear_weights_file, read_linear_weights
+from engine.core.metric_models import LPIPSNet, key_projection, linear_weights_file, read_linear_weights
 
 
 @pytest.fixture(scope="module")
