@@ -82,10 +82,9 @@ def build(runner) -> None:
                                        label="Resolution (longest side)",
                                        info="set it before the photo: the scribble and pose are read at this size")
             seed = C.seed_row()
-            with gr.Row():
-                reread = gr.Button("Reset scribble, pose and caption from the photo", size="sm",
-                                   elem_id="ito-reread")
-                button = gr.Button("Edit", variant="primary", elem_id="ito-run")
+            reread = gr.Button("Reset scribble, pose and caption from the photo", size="sm",
+                               elem_id="ito-reread")
+            button, stop = C.run_buttons("ito")
         with gr.Column():
             with gr.Row(equal_height=True):
                 shown = dict(type="pil", format="png", interactive=False, height=240)
@@ -151,11 +150,17 @@ def build(runner) -> None:
                   show_progress_on=[notes])
     reread.click(prepare, [region.editor, resolution], prepared_outputs, api_name=PREPARE_API_NAME,
                  concurrency_id="gpu")
-    button.click(edit, [*region.inputs, mask_mode, conditions, caption, prompt, scribble, scribble_source,
-                        pose.json, pose_source, lam, t_u, k, lr, encode_ratio, tau, mask_seeds, steps, cfg,
-                        control_scale, resolution, seed],
-                 [mask_out, guidance_out, edit_out, *panel.outputs, caption], api_name=API_NAME,
-                 concurrency_id="gpu")
+    # Saved results restore the photo, mask, texts and numbers (the edited scribble and pose are not saved).
+    C.restorable(runner, ito.NAME, __name__, {
+        "caption": caption, "prompt": prompt, "lam": lam, "t_u": t_u, "k": k, "lr": lr, "encode_ratio": encode_ratio,
+        "tau": tau, "mask_seeds": mask_seeds, "steps": steps, "cfg": cfg, "control_scale": control_scale,
+        "resolution": resolution, "seed": seed}, editor=region.editor)
+    event = button.click(edit, [*region.inputs, mask_mode, conditions, caption, prompt, scribble, scribble_source,
+                                pose.json, pose_source, lam, t_u, k, lr, encode_ratio, tau, mask_seeds, steps, cfg,
+                                control_scale, resolution, seed],
+                         [mask_out, guidance_out, edit_out, *panel.outputs, caption], api_name=API_NAME,
+                         concurrency_id="gpu")
+    C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
 
     # Picking an example sets the photo, which fires the editor's upload event, which prepares it.
     gr.Examples([[C.example("astronaut.png")], [C.example("cat.png")], [C.example("coffee.png")]],
