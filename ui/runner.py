@@ -71,10 +71,11 @@ class Runner:
         try:
             with self._gpu:
                 return self._execute(fn, args, dict(kwargs, on_step=on_step))
-        except ValueError as exc:
-            raise gr.Error(str(exc), title="Please check the input") from None
+        except ValueError as exc:  # a user mistake, not a server fault: no traceback in the log
+            raise gr.Error(str(exc), title="Please check the input", print_exception=False) from None
         except Cancelled:
-            raise gr.Error("Stopped. The models are unchanged; run again when ready.", title="Stopped") from None
+            raise gr.Error("Stopped. The models are unchanged; run again when ready.", title="Stopped",
+                           print_exception=False) from None
         except torch.OutOfMemoryError:
             self.cache.clear()
             raise gr.Error(OOM_HINT, title="Out of GPU memory") from None
