@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from engine.train.perceptual import tiny_trunk as tiny_vgg_trunk
+from engine.train.perceptual import tapped_activations, tiny_trunk as tiny_vgg_trunk
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -91,12 +91,7 @@ class LPIPSNet(nn.Module):
         """Images (B, 3, H, W) in [-1, 1] -> activations at each tap. The LPIPS scaling layer is
         ImageNet normalisation written for [-1, 1] inputs, which is what this does."""
         x = ((x.float() + 1.0) / 2.0 - self.mean) / self.std
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                out.append(x)
-        return out
+        return tapped_activations(self.features, self.taps, x)
 
     def layer_distances(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(B, L): the term of Eq. 1 for each layer."""

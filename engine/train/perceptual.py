@@ -57,12 +57,17 @@ class VGGFeatures(nn.Module):
         """Images (B, 3, H, W) in [-1, 1] -> activations at each tap."""
         p = next(self.parameters())
         x = ((x.to(p.dtype) + 1.0) / 2.0 - self.mean.to(p.dtype)) / self.std.to(p.dtype)
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                out.append(x)
-        return out
+        return tapped_activations(self.features, self.taps, x)
+
+
+def tapped_activations(features: nn.Sequential, taps, x: torch.Tensor) -> list[torch.Tensor]:
+    """Run `features` on x and keep the outputs of the layers whose indices are in `taps`."""
+    out = []
+    for i, layer in enumerate(features):
+        x = layer(x)
+        if i in taps:
+            out.append(x)
+    return out
 
 
 def perceptual_loss(vgg: VGGFeatures, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
