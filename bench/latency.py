@@ -14,11 +14,12 @@ import sys
 import tempfile
 import time
 from datetime import date
-from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+from bench.results import add_row, numbers
+
+SECTION = "## Latency"
 HEADER = ("| date | device | method | profile | px | settings | seconds (median) | per stage | UNet fwd/bwd "
           "| models resident GB | peak GB | command |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 
@@ -66,20 +67,15 @@ def main(argv=None) -> int:
     stages = {k: round(statistics.median(r.seconds.get(k, 0.0) for r in runs), 3)
               for k in runs[0].seconds if k != "total"}
     evals = runs[0].unet_evals
-    settings = {k: v for k, v in runs[0].params.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    settings = numbers(runs[0].params)
     print(f"device: {device_name(models)}; profile {args.profile}; load {load_s:.1f} s")
     print(f"{args.method}: {total:.3f} s median of {own.repeat}; stages {stages}")
     print(f"UNet evaluations: {evals}; models resident {resident:.2f} GB; peak {peak:.2f} GB")
     if not own.no_record:
-        if not RESULTS.exists() or "| date |" not in RESULTS.read_text():
-            with RESULTS.open("a") as f:
-                f.write("\n" + HEADER)
         command = "python -m bench.latency " + " ".join(shlex.quote(a) for a in argv)
-        row = (f"| {date.today()} | {device_name(models)} | {args.method} | {args.profile} | {args.resolution} "
-               f"| {settings} | {total:.3f} | {stages} | {evals['forward']}/{evals['backward']} "
-               f"| {resident:.2f} | {peak:.2f} | `{command}` |\n")
-        with RESULTS.open("a") as f:
-            f.write(row)
+        add_row(SECTION, HEADER, f"| {date.today()} | {device_name(models)} | {args.method} | {args.profile} "
+                f"| {args.resolution} | {settings} | {total:.3f} | {stages} | {evals['forward']}/{evals['backward']} "
+                f"| {resident:.2f} | {peak:.2f} | `{command}` |")
     return 0
 
 

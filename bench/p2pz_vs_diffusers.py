@@ -20,8 +20,13 @@ from datetime import date
 
 import torch
 
-from bench.latency import RESULTS, device_name
+from bench.latency import device_name
+from bench.results import add_row
 
+
+SECTION = "## pix2pix-zero against diffusers' deprecated pipeline"
+HEADER = ("| date | device | profile | px | settings | ours s | ours, re-edit s | diffusers s | speed-up | command |\n"
+          "|---|---|---|---|---|---|---|---|---|---|\n")
 
 def main(argv=None) -> int:
     from diffusers import DDIMInverseScheduler, DDIMScheduler
@@ -100,11 +105,9 @@ def main(argv=None) -> int:
           f"ratio {ratio:.2f}x")
     if not args.no_record:
         cmd = "python -m bench.p2pz_vs_diffusers " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-        with RESULTS.open("a") as f:
-            f.write(f"\n| {date.today()} | {device_name(models)} | pix2pix-zero vs diffusers' deprecated pipeline "
-                    f"| {args.profile} | {args.resolution} | {args.steps} inversion + reconstruction + edit steps, "
-                    f"reg 5x lambda 20, xa 0.1, CFG 5 | ours {t_ours:.3f} (re-edit {t_reedit:.3f}); diffusers "
-                    f"{t_theirs:.3f}; ratio {ratio:.2f}x | | | | | `{cmd}` |\n")
+        add_row(SECTION, HEADER, f"| {date.today()} | {device_name(models)} | {args.profile} | {args.resolution} "
+                f"| {args.steps} inversion + reconstruction + edit steps, reg 5x lambda 20, xa 0.1, CFG 5 "
+                f"| {t_ours:.3f} | {t_reedit:.3f} | {t_theirs:.3f} | {ratio:.2f}x | `{cmd}` |")
     return 0
 
 

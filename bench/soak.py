@@ -37,8 +37,9 @@ from datetime import date
 from pathlib import Path
 from typing import Callable, Optional
 
+from bench.results import RESULTS, add_row
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 CAT = ROOT / "assets" / "examples" / "cat.png"
 RES = 64
 UNREADABLE = re.compile(r"Traceback|upstream Gradio app|File \"|^Error$|^None$", re.M)
@@ -129,8 +130,8 @@ def _ito(f, s, **kw):
     a = dict(editor=_editor(f.photo), grow=0, feather=0, invert=False, whole=False,
              mask_mode="replace the estimated mask", conditions=["Text"], caption="a photo of a cat",
              prompt="a photo of a dog", scribble=None, scribble_source=None, pose_json="", pose_source="",
-             lam=0.6, t_u=1, k=1, lr=0.1, encode_ratio=1.0, tau=0.1, mask_seeds=1, steps=2, cfg=7.5,
-             control_scale=1.0, res=RES, seed=s)
+             lam=0.6, t_u=1, k=1, lr=0.1, encode_ratio=1.0, tau=0.1, mask_seeds=1, mask_encode_ratio=0.5, steps=2,
+             cfg=7.5, control_scale=1.0, res=RES, seed=s)
     a.update(kw)
     return list(a.values())
 
@@ -408,31 +409,9 @@ def main(argv=None) -> int:
                f"| {wall:.0f} | {len(outcomes) / wall:.2f} | {median:.2f} / {p95:.2f} "
                f"| {rss_start:.0f} / {rss_warm:.0f} / {rss_end:.0f} / {peak:.0f} | {growth:+.0f} "
                f"| < {args.bound_mb:.0f} MB | {'PASS' if ok else 'FAIL'} | `{command}` |\n")
-        record(row)
+        add_row(SOAK_HEADING, SOAK_HEADER, row, intro=SOAK_INTRO)
         print(f"added a row to {RESULTS.relative_to(ROOT)}")
     return 0 if ok else 1
-
-
-def record(row: str) -> None:
-    """Add `row` to the Soak table of RESULTS.md. The section goes right under the title, with a
-    "Latency" heading after it for what was there: the other benchmarks append their rows at the
-    end of the file, so the Soak table must not be the last thing in it."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Measured speed and memory\n"
-    lines = text.splitlines(keepends=True)
-    if SOAK_HEADING not in text:
-        section = f"\n{SOAK_HEADING}\n\n{SOAK_INTRO}\n{SOAK_HEADER}{row}\n## Latency\n"
-        title = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
-        if title is None:
-            text = "# Measured speed and memory\n" + section + text
-        else:
-            text = "".join(lines[:title + 1]) + section + "".join(lines[title + 1:])
-    else:
-        head = next(i for i, line in enumerate(lines) if line.startswith(SOAK_HEADING))
-        end = next(i for i in range(head, len(lines)) if lines[i].startswith("| date |"))
-        while end < len(lines) and lines[end].startswith("|"):
-            end += 1
-        text = "".join(lines[:end]) + row + "".join(lines[end:])
-    RESULTS.write_text(text)
 
 
 if __name__ == "__main__":

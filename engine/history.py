@@ -21,6 +21,13 @@ from engine.types import EditResult
 CHUNK = "des-settings"
 INPUT_CHUNK = "des-input"   # the input photo, PNG bytes in base64 (compressed iTXt)
 MASK_CHUNK = "des-mask"     # the mask the method used, if any
+# Every image input a method may take, by its field name on the inputs dataclass, and its chunk.
+# LayerDiffusion's subject mask is the mask of its photo editor: it shares the mask's chunk, and
+# reads back as "mask" (the first field named for a chunk).
+IMAGE_CHUNKS = {"image": INPUT_CHUNK, "mask": MASK_CHUNK, "subject_mask": MASK_CHUNK, "scribble": "des-scribble",
+                "scribble_source": "des-scribble-source", "reference": "des-reference",
+                "reference_mask": "des-reference-mask"}
+MASK_FIELDS = ("mask", "subject_mask", "reference_mask")
 FORMAT_VERSION = 1
 
 
@@ -63,13 +70,13 @@ def save(result: EditResult, method: str, profile: str, models: dict, folder: Op
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = settings_of(method, result.params, result.seed, profile, models)
     paths = []
-    photo = getattr(inputs, "image", None)
-    mask = getattr(inputs, "mask", None)
     extra = {}
-    if isinstance(photo, Image.Image):
-        extra[INPUT_CHUNK] = _png_b64(photo.convert("RGB"))
-    if isinstance(mask, Image.Image):
-        extra[MASK_CHUNK] = _png_b64(mask.convert("L"))
+    for name, chunk in IMAGE_CHUNKS.items():
+        value = getattr(inputs, name, None)
+        if isinstance(value, Image.Image) and chunk not in extra:
+            mode = "L" if name in MASK_FIELDS else "RGB" if name == "image" else \
+                "RGBA" if value.mode in ("RGBA", "LA", "P") else "RGB"
+            extra[chunk] = _png_b64(value.convert(mode))
     for i, img in enumerate(result.images):
         info = PngImagePlugin.PngInfo()
         info.add_itxt(CHUNK, json.dumps(dict(settings, result_index=i)))
@@ -97,17 +104,24 @@ def read_settings(source) -> dict:
     return settings
 
 
-def read_inputs(source) -> tuple[Optional[Image.Image], Optional[Image.Image]]:
-    """The input photo and mask stored by `save` (None where absent or unreadable)."""
+def read_images(source) -> dict[str, Image.Image]:
+    """Every image input stored by `save`, by field name ("image", "mask", "scribble", ...)."""
     img = source if isinstance(source, Image.Image) else Image.open(source)
     chunks = dict(getattr(img, "text", None) or {})
-    out = []
-    for key in (INPUT_CHUNK, MASK_CHUNK):
-        try:
-            out.append(_from_b64(chunks[key]) if key in chunks else None)
-        except Exception:  # a damaged chunk loses that input, not the settings
-            out.append(None)
-    return out[0], out[1]
+    out = {}
+    for name, key in IMAGE_CHUNKS.items():
+        if key in chunks and key not in [IMAGE_CHUNKS[n] for n in out]:
+            try:
+                out[name] = _from_b64(chunks[key])
+            except Exception:  # a damaged chunk loses that input, not the settings
+                pass
+    return out
+
+
+def read_inputs(source) -> tuple[Optional[Image.Image], Optional[Image.Image]]:
+    """The input photo and mask stored by `save` (None where absent or unreadable)."""
+    images = read_images(source)
+    return images.get("image"), images.get("mask")
 
 
 def recent(folder: Optional[Path] = None, limit: int = 24) -> list[Path]:

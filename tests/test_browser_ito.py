@@ -1,12 +1,14 @@
 """The ITO tab in headless Chromium: upload a photo, drag a pose joint (the keypoint JSON changes),
-draw a scribble stroke on the canvas and run the edit (the mask, guidance image and edit appear).
-Screenshots: tests/artifacts/ito_pose.png and tests/artifacts/ito.png."""
+draw a scribble stroke on the canvas and run the edit (the mask, guidance image and edit appear), then
+restore that edit from the History tab and run it again.
+Screenshots: tests/artifacts/ito_pose.png, ito.png, ito_restored.png and ito_restored_run.png."""
 import json
 import os
 from pathlib import Path
 
 import pytest
 
+from engine import history
 from engine.core.conditions import JOINTS
 from tests.ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, running_app
 
@@ -16,10 +18,11 @@ SUBTAB = "xpath=//*[@id='ito-conditions']/following::button[@role='tab' and norm
 
 
 @pytest.fixture(scope="module")
-def page(tiny_models):
+def page(tiny_models, tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
-    with running_app(tiny_models) as url, sync_playwright() as p:
+    outputs = tmp_path_factory.mktemp("outputs")
+    with running_app(tiny_models, outputs=outputs) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
         errors = []
@@ -36,6 +39,7 @@ def page(tiny_models):
         page.locator("#ito-photo input[type=file]").first.set_input_files(str(ROOT / "assets/examples/cat.png"))
         page.wait_for_function("document.querySelector('#ito-prompt textarea').value.length > 0", timeout=120_000)
         page.errors = errors
+        page.outputs = outputs
         yield page
         browser.close()
 
@@ -126,3 +130,48 @@ def test_draw_a_scribble_stroke_and_run_the_edit(page, artifacts):
     assert os.path.getsize(artifacts / "ito.png") > 10_000
     assert page.locator("#ito-edit img").first.evaluate("i => i.naturalWidth") == 128
     assert not page.errors, page.errors
+
+
+def test_history_restores_the_edit_into_the_ito_tab(page, artifacts):
+    """After the scribble edit above: reset the editors from the photo (the canvas loses the stroke),
+    then drop the saved PNG on History. The ITO tab comes back with only Scribble ticked, and Edit
+    runs again: it would stop at "no condition changed" unless the stroke was restored."""
+    dragged = _pose(page)  # the first test's drag (the scribble edit did not use the pose)
+    page.locator("#ito-reread").click()  # back to the photo's own scribble, pose and caption
+    for _ in range(240):  # compare poses, not texts: the editor's JSON is spaced unlike Python's
+        if _pose(page) != dragged:
+            break
+        page.wait_for_timeout(250)
+    photo_pose = _pose(page)
+    assert photo_pose != dragged
+    _all_settled(page)
+    page.get_by_role("tab", name="History").click()
+    saved = history.recent(page.outputs)
+    assert len(saved) == 1  # the scribble edit above
+    page.locator("#history-drop input[type=file]").set_input_files(str(saved[0]))  # drop the PNG
+    page.wait_for_selector("#ito-run", state="visible", timeout=30_000)  # the ITO tab is selected again
+    page.wait_for_function("document.querySelector('#ito-notes').innerText.includes('Restored from History')",
+                           timeout=60_000)
+    ticked = page.eval_on_selector_all("#ito-conditions input[type=checkbox]",
+                                       "boxes => boxes.filter(b => b.checked).map(b => b.parentElement.innerText)")
+    assert [t.strip() for t in ticked] == ["Scribble"]
+    _all_settled(page)  # the photo editor reloads the restored photo (and its selection tools follow)
+    page.screenshot(path=str(artifacts / "ito_restored.png"), full_page=True)
+    page.locator("#ito-run").click()
+    for _ in range(360):  # a second saved result, or an error ("no condition changed" if the stroke were lost)
+        if len(history.recent(page.outputs)) == 2 or page.locator(".toast-body").count():
+            break
+        page.wait_for_timeout(500)
+    page.screenshot(path=str(artifacts / "ito_restored_run.png"), full_page=True)
+    toasts = page.locator(".toast-body").all_inner_texts()
+    assert len(history.recent(page.outputs)) == 2, toasts
+    restored, photo = (p["people"][0]["pose_keypoints_2d"] for p in (_pose(page), photo_pose))
+    assert restored == pytest.approx(photo, abs=0.02), (restored, photo)  # the edit used no pose: the photo's
+    assert not page.errors, page.errors
+
+
+def _all_settled(page) -> None:
+    """No event of the page is pending (no visible progress tracker anywhere)."""
+    page.wait_for_function("document.querySelectorAll('[data-testid=status-tracker]:not(.hide)').length === 0",
+                           timeout=120_000)
+    page.wait_for_timeout(1000)

@@ -171,10 +171,10 @@ for _prefix in ("sdedit", "ito", "iir_net", "iedit", "layer_diffusion", "layer_d
 # ITO: a text edit with one optimisation step; a bad pose only matters when "Pose" is ticked.
 TABLE["/ito"] = (
     lambda f: [_editor(f.photo), 0, 0, False, False, "replace the estimated mask", ["Text"], "a photo of a cat",
-               "a photo of a dog", None, None, "", "", 0.6, 1, 1, 0.1, 1.0, 0.1, 1, 2, 7.5, 1.0, RES, 3],
+               "a photo of a dog", None, None, "", "", 0.6, 1, 1, 0.1, 1.0, 0.1, 1, 0.5, 2, 7.5, 1.0, RES, 3],
     [("editor", NONE), ("editor", JUNK), ("editor", HUGE), ("editor", OTHER_ASPECT), ("conditions", ["Smell"]),
      ("conditions", "Text"), ("prompt", ["a", "dog"]), ("lam", 3), ("steps", 1), ("tau", NAN),
-     ("mask_seeds", TEXT_FOR_NUMBER), ("scribble", TRUNCATED),
+     ("mask_seeds", TEXT_FOR_NUMBER), ("mask_ratio", 1.5), ("scribble", TRUNCATED),
      ("*", {"conditions": ["Pose"], "pose_json": "{not json"}, r"pose .*not valid JSON")])
 TABLE["/ito_prepare"] = (lambda f: [_editor(f.photo), RES],
                          [("editor", JUNK), ("editor", HUGE), ("resolution", -64), ("resolution", NAN)])
@@ -340,7 +340,7 @@ def warm(app, client, files):
 
 @pytest.mark.parametrize("endpoint, field, value, expect", _cases(), ids=lambda v: str(v)[:24])
 def test_bad_value_is_a_readable_error_and_the_app_keeps_serving(app, client, params, files, warm, endpoint,
-                                                                  field, value, expect):
+                                                                  field, value, expect, capfd):
     from gradio_client.exceptions import AppError
 
     if endpoint == "/ito" and endpoint not in params:
@@ -368,6 +368,9 @@ def test_bad_value_is_a_readable_error_and_the_app_keeps_serving(app, client, pa
     RESULTS.append((endpoint, field, kind, message.replace("\n", " ")))
     # The same endpoint answers the next valid request.
     assert _valid(client, endpoint, files) is not None
+    # A user's mistake is not a server fault: nothing in the server's log.
+    log = "".join(capfd.readouterr())
+    assert "Traceback" not in log, f"{endpoint} {field}: the server logged a traceback:\n{log[-2000:]}"
 
 
 def _valid_args(endpoint, files):

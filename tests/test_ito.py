@@ -206,9 +206,12 @@ def test_lambda_one_runs_no_guidance_pass(tiny_models, photo64):
     with unet_calls(tiny_models.sd().unet) as calls:
         only = ito.run(ito.ITOInputs(image=photo64, pose=pose, lam=1.0, **FAST), tiny_models)
     full = ito.run(ito.ITOInputs(image=photo64, pose=pose, lam=0.6, **FAST), tiny_models)
-    n = 4  # decoding steps at encoding ratio 1
-    assert only.unet_evals == {"forward": 3 * n, "backward": 0} == {"forward": len(calls), "backward": 0}
-    assert full.unet_evals["forward"] == 5 * n  # + guidance decoding + its inversion
+    n, n_mask = 4, 2  # decoding steps at encoding ratio 1; mask steps at DiffEdit's mask ratio 0.5
+    # inversion (batch 1), mask (n seeds x {C_0, C_EDIT} x {uncond, cond}), edit (CFG pair)
+    assert calls == [1] * n + [4 * FAST["mask_seeds"]] * n_mask + [2] * n
+    assert only.unet_evals == {"forward": 2 * n + n_mask, "backward": 0} == {"forward": len(calls), "backward": 0}
+    assert full.unet_evals["forward"] == 4 * n + n_mask  # + guidance decoding + its inversion
+    assert (only.params["mask_steps"], only.params["mask_encode_ratio"]) == (n_mask, 0.5)
     assert "guidance" not in only.intermediates and "guidance" in full.intermediates
     assert not any(key.startswith("guidance") for key in only.curves)
     assert set(only.intermediates) == {"mask", "condition_source", "condition_edit"}
@@ -225,9 +228,9 @@ def test_same_seed_same_edit_and_user_mask_modes(tiny_models, photo64):
     rep = ito.run(ito.ITOInputs(mask=user, mask_mode="replace", **kw), tiny_models)
     mask = np.asarray(rep.intermediates["mask"]) > 127
     assert mask[:, :32].all() and not mask[:, 32:].any()
-    assert rep.unet_evals["forward"] == 2 * 4  # no mask estimation pass
+    assert rep.unet_evals["forward"] == 2 * 4 and rep.params["mask_steps"] == 0  # no mask estimation pass
     add = ito.run(ito.ITOInputs(mask=user, mask_mode="add", tau=0.99, **kw), tiny_models)
-    assert (np.asarray(add.intermediates["mask"]) > 127)[:, :32].all() and add.unet_evals["forward"] == 3 * 4
+    assert (np.asarray(add.intermediates["mask"]) > 127)[:, :32].all() and add.unet_evals["forward"] == 2 * 4 + 2
     assert set(np.unique(np.asarray(a.intermediates["mask"]))) <= {0, 255}
 
 
@@ -264,6 +267,7 @@ def test_bad_inputs_are_readable_value_errors(tiny_models, photo64):
         (dict(prompt="a dog", mask_mode="xor"), "mask mode"),
         (dict(prompt="a dog", mask=Image.new("L", (64, 64), 0)), "mask is empty"),
         (dict(prompt="a dog", t_u=9), "t_u"),
+        (dict(prompt="a dog", mask_encode_ratio=0.0), "mask encoding ratio must be between 0.05 and 1"),
     ]
     for kw, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -306,16 +310,17 @@ def test_cli_writes_the_contract(tiny_models, model_dir, tmp_path, monkeypatch, 
                  "--resolution", "64", "--pose", str(tmp_path / "edit.json"),
                  "--pose-source", str(tmp_path / "orig.json"), "--caption", "a cat", "--prompt", "a dog",
                  "--steps", "4", "--tu", "2", "--k", "2", "--lr", "0.05", "--lam", "0.5", "--tau", "0.2",
-                 "--mask-seeds", "2", "--encode-ratio", "0.5", "--cfg", "5"])
+                 "--mask-seeds", "2", "--encode-ratio", "0.5", "--mask-encode-ratio", "1", "--cfg", "5"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["method"] == "ito" and report["unet_evals"] == {"forward": 5 * 2, "backward": 0}
+    # 2 decoding steps for inversion, guidance, its inversion and the edit; 4 mask steps (ratio 1)
+    assert report["method"] == "ito" and report["unet_evals"] == {"forward": 4 * 2 + 4, "backward": 0}
     assert set(report["intermediates"]) == {"mask", "guidance", "condition_source", "condition_edit"}
     for name in ["edited.png", *report["intermediates"].values()]:
         assert Image.open(out / name).size[0] >= 64
     p = report["params"]
-    assert (p["lam"], p["t_u"], p["k"], p["lr"], p["tau"], p["mask_seeds"], p["cfg"], p["decoding_steps"]) == \
-        (0.5, 2, 2, 0.05, 0.2, 2, 5.0, 2)
+    assert (p["lam"], p["t_u"], p["k"], p["lr"], p["tau"], p["mask_seeds"], p["cfg"], p["decoding_steps"],
+            p["mask_encode_ratio"], p["mask_steps"]) == (0.5, 2, 2, 0.05, 0.2, 2, 5.0, 2, 1.0, 4)
     (tmp_path / "bad.json").write_text(json.dumps({"canvas_width": 64, "canvas_height": 64, "people": [
         {"pose_keypoints_2d": [100, 10, 1] + [0, 0, 0] * 17}]}))
     assert main(["ito", "--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "o2"), "--profile", "tiny",

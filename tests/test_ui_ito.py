@@ -1,7 +1,9 @@
 """The ITO tab answers gradio_client on the tiny profile: the photo's conditions on upload, edits by
-pose and by scribble (a stroke layer, as the canvas sends it), and readable errors."""
+pose and by scribble (a stroke layer, as the canvas sends it), History restoring both, and readable
+errors."""
 import json
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -14,10 +16,15 @@ SIZE = load_image(CAT, 128).size  # the photo at resolution 128 (128x88)
 
 
 @pytest.fixture(scope="module")
-def client(tiny_models):
+def outputs(tmp_path_factory):
+    return tmp_path_factory.mktemp("outputs")
+
+
+@pytest.fixture(scope="module")
+def client(tiny_models, outputs):
     from gradio_client import Client
 
-    with running_app(tiny_models) as url:
+    with running_app(tiny_models, outputs=outputs) as url:
         yield Client(url, verbose=False)
 
 
@@ -25,7 +32,7 @@ def _edit(client, **kw):
     args = dict(editor=editor_payload(CAT), grow=0, feather=0, invert=False, whole=False,
                 mask_mode="replace the estimated mask", conditions=["Pose"], caption="a cat", prompt="",
                 scribble=None, scribble_source=None, pose_json="", pose_source="", lam=0.6, t_u=2, k=1, lr=0.1,
-                encode_ratio=1.0, tau=0.1, mask_seeds=2, steps=3, cfg=7.5, control_scale=1.0, resolution=128, seed=3)
+                encode_ratio=1.0, tau=0.1, mask_seeds=2, mask_encode_ratio=0.5, steps=3, cfg=7.5, control_scale=1.0, resolution=128, seed=3)
     args.update(kw)
     return client.predict(*args.values(), api_name="/ito")
 
@@ -55,7 +62,9 @@ def test_pose_edit_returns_mask_guidance_and_edit(client):
     mask, guidance, edited, results, compare, intermediates, details, caption = _edit(
         client, pose_json=_moved(pose_json), pose_source=pose_json)
     assert Image.open(edited).size == SIZE and Image.open(guidance).size == SIZE and Image.open(mask).size == SIZE
-    assert details["unet_evals"] == {"forward": 5 * 3, "backward": 0}
+    # 3 steps each for inversion, guidance, its inversion and the edit; round(0.5 * 3) = 2 mask steps
+    assert details["unet_evals"] == {"forward": 4 * 3 + 2, "backward": 0}
+    assert details["params"]["mask_encode_ratio"] == 0.5 and details["params"]["mask_steps"] == 2
     assert details["params"]["conditions"] == ["pose"]
     assert {item["caption"] for item in intermediates} == {"mask", "guidance", "condition_source", "condition_edit"}
     assert caption == "a cat"
@@ -73,7 +82,8 @@ def test_scribble_layer_edit_with_lambda_one(client, tmp_path):
     mask, guidance, edited, *_, details, _ = _edit(client, conditions=["Scribble"], scribble=payload,
                                                    scribble_source=handle_file(source), lam=1.0)
     assert guidance is None and Image.open(edited).size == SIZE
-    assert details["unet_evals"]["forward"] == 3 * 3 and details["params"]["changed"] == {"text": False,
+    # inversion and edit, 3 steps each, + round(0.5 * 3) = 2 mask steps; no guidance pass at lambda = 1
+    assert details["unet_evals"]["forward"] == 2 * 3 + 2 and details["params"]["changed"] == {"text": False,
                                                                                           "scribble": True}
 
 
@@ -90,3 +100,43 @@ def test_bad_input_is_a_readable_error(client, kw, message):
 
     with pytest.raises(AppError, match=message):
         _edit(client, **kw)
+
+
+def test_history_restores_the_scribble_and_pose_and_reproduces_the_edit(client, outputs, tmp_path):
+    """A saved ITO result carries its scribbles (PNG chunks) and poses (settings): restoring it fills
+    the canvas, the pose editor and the ticked conditions, and Edit gives the same pixels again."""
+    from gradio_client import handle_file
+
+    from engine import history
+
+    _, _, canvas, source, _, pose_json, _, _ = client.predict(editor_payload(CAT), 128, api_name="/ito_prepare")
+    layer = Image.open(canvas["layers"][0]).convert("RGBA")
+    ImageDraw.Draw(layer).line((10, 10, 100, 60), fill=(30, 64, 255, 255), width=4)
+    layer.save(tmp_path / "layer.png")
+    moved = _moved(pose_json)
+    payload = {"background": handle_file(canvas["background"]), "layers": [handle_file(str(tmp_path / "layer.png"))],
+               "composite": handle_file(canvas["background"])}
+    before = set(history.recent(outputs, limit=1000))
+    first = _edit(client, conditions=["Text", "Scribble", "Pose"], prompt="a dog", scribble=payload,
+                  scribble_source=handle_file(source), pose_json=moved, pose_source=pose_json, seed=11)
+    saved = [p for p in history.recent(outputs, limit=1000) if p not in before]
+    assert len(saved) == 1
+    assert {"image", "scribble", "scribble_source"} <= set(history.read_images(saved[0]))
+
+    restored = client.predict(handle_file(str(saved[0])), api_name="/history_restore")
+    i = restored.index(["Text", "Scribble", "Pose"])
+    editor, (canvas2, source2, _, pose2, pose_source2, notes, loaded) = restored[i - 1], restored[i + 1:i + 8]
+    assert "Restored from History" in notes and loaded.endswith("@128")
+    assert K.pose_from_json(pose2) == K.pose_from_json(moved)
+    assert K.pose_from_json(pose_source2) == K.pose_from_json(pose_json)
+    strokes = np.asarray(Image.open(canvas2["layers"][0]).getchannel("A")) > 0
+    drawn = np.asarray(layer.getchannel("A")) > 0
+    assert strokes.shape == drawn.shape and (strokes == drawn).mean() > 0.99
+    settings = restored[0]["params"]
+    payload2 = {"background": handle_file(canvas2["background"]), "layers": [handle_file(canvas2["layers"][0])],
+                "composite": handle_file(canvas2["background"])}
+    again = _edit(client, editor=editor_payload(editor["background"]), conditions=["Text", "Scribble", "Pose"],
+                  caption=settings["caption"], prompt=settings["prompt"], scribble=payload2,
+                  scribble_source=handle_file(source2), pose_json=pose2, pose_source=pose_source2,
+                  seed=restored[0]["seed"])
+    assert np.array_equal(np.asarray(Image.open(first[2])), np.asarray(Image.open(again[2])))

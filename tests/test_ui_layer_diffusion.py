@@ -1,7 +1,9 @@
 """The LayerDiffusion tab through gradio_client: the text split endpoint, an edit on the tiny profile,
-readable errors, and Stop: the running fine-tune ends and the shared UNet is left as it was."""
+readable errors, History restoring the subject mask and the reference, and Stop: the running fine-tune
+ends and the shared UNet is left as it was."""
 import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,14 +14,19 @@ CAT = ROOT / "assets" / "examples" / "cat.png"
 
 
 @pytest.fixture(scope="module")
-def client(tiny_models):
+def outputs(tmp_path_factory):
+    return tmp_path_factory.mktemp("outputs")
+
+
+@pytest.fixture(scope="module")
+def client(tiny_models, outputs):
     from gradio_client import Client
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is faster, and the machine is shared
     tiny_models.sd()
     try:
-        with running_app(tiny_models) as url:
+        with running_app(tiny_models, outputs=outputs) as url:
             yield Client(url, verbose=False)
     finally:
         torch.set_num_threads(threads)
@@ -131,3 +138,29 @@ def test_stop_ends_the_fine_tune_and_removes_the_adapter(client, tiny_models, tm
     results = client.predict(*_args(_painted(tmp_path), num_results=1, embed_steps=1, tune_steps=1, steps=1),
                              api_name="/layer_diffusion")[0]
     assert len(results) == 1
+
+
+def test_history_restores_the_subject_mask_and_the_reference(client, outputs, tmp_path):
+    from gradio_client import handle_file
+
+    from engine import history
+
+    ref = ROOT / "assets" / "examples" / "grass.png"
+    before = set(history.recent(outputs, limit=1000))
+    first = client.predict(*_args(_painted(tmp_path), ref_editor=editor_payload(ref), num_results=1),
+                           api_name="/layer_diffusion")
+    saved = [p for p in history.recent(outputs, limit=1000) if p not in before]
+    assert len(saved) == 1 and {"image", "mask", "reference"} <= set(history.read_images(saved[0]))
+    restored = client.predict(handle_file(str(saved[0])), api_name="/history_restore")
+    editors = [v for v in restored if isinstance(v, dict) and "background" in v and v.get("background")]
+    sizes = [Image.open(e["background"]).size for e in editors]
+    ref_editor = editors[sizes.index(Image.open(ref).size)]
+    photo_editor = editors[sizes.index(Image.open(CAT).size)]
+    assert len(photo_editor["layers"]) == 1 and not ref_editor["layers"]  # the subject mask; no reference mask
+    payload = editor_payload(photo_editor["background"])
+    payload["layers"] = [handle_file(photo_editor["layers"][0])]
+    again = client.predict(*_args(payload, ref_editor=editor_payload(ref_editor["background"]), num_results=1),
+                           api_name="/layer_diffusion")
+    assert again[3]["params"]["reference_mode"] == "uploaded"
+    a, b = (np.asarray(Image.open(r[1][1])) for r in (first, again))  # the compare slider's "after"
+    assert np.array_equal(a, b)

@@ -18,14 +18,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(models):
-    """The studio's demo, served on 127.0.0.1 for the duration of the block; yields its URL."""
+def running_app(models, outputs=None):
+    """The studio's demo, served on 127.0.0.1 for the duration of the block; yields its URL.
+    With `outputs`, results are saved there (History) and files from there may be served."""
     from ui import build_demo, launch_kwargs
 
-    demo = build_demo(models)
+    demo = build_demo(models, outputs=outputs)
     port = free_port()
     demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port,
-                                                   prevent_thread_lock=True, quiet=True, **launch_kwargs())
+                                                   prevent_thread_lock=True, quiet=True,
+                                                   **launch_kwargs(outputs=outputs))
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -4,9 +4,9 @@ tabs stay free of image handling."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import gradio as gr
 import numpy as np
@@ -82,12 +82,18 @@ class RestoreTarget:
     tab: str
     fields: dict
     editor: Optional[gr.ImageEditor] = None
+    extra_outputs: list = field(default_factory=list)
+    extra: Optional[Callable[[dict, dict], list]] = None  # (settings, saved images) -> extra_outputs' values
 
 
-def restorable(runner, method: str, tab_module: str, fields: dict, editor: Optional[gr.ImageEditor] = None) -> None:
+def restorable(runner, method: str, tab_module: str, fields: dict, editor: Optional[gr.ImageEditor] = None,
+               extra_outputs: Optional[list] = None, extra: Optional[Callable[[dict, dict], list]] = None) -> None:
     """Let saved results of `method` restore this tab: fields maps a saved parameter name to the
-    widget that sets it; `editor` (a photo/mask editor) gets the saved input photo and mask."""
-    runner.restore_targets.append(RestoreTarget(method, tab_module.rsplit(".", 1)[-1], dict(fields), editor))
+    widget that sets it; `editor` (a photo/mask editor) gets the saved input photo and mask;
+    `extra(settings, images)` gives the values of `extra_outputs`, for widgets that need more than
+    a saved parameter (`images`: the saved image inputs by field name, see engine.history)."""
+    runner.restore_targets.append(RestoreTarget(method, tab_module.rsplit(".", 1)[-1], dict(fields), editor,
+                                                list(extra_outputs or []), extra))
 
 
 def editor_value(photo: Image.Image, mask: Optional[Image.Image] = None) -> dict:

@@ -47,7 +47,7 @@ def _as_pil(value) -> Image.Image:
         return Image.fromarray(value)
     if isinstance(value, str):
         return Image.open(value)
-    raise gr.Error("The photo could not be read; upload it again.", title=ERROR_TITLE)
+    raise gr.Error("The photo could not be read; upload it again.", title=ERROR_TITLE, print_exception=False)
 
 
 def _photo_rgb(image: Image.Image) -> Image.Image:
@@ -77,7 +77,7 @@ def read_editor(value) -> tuple[Optional[Image.Image], Optional[np.ndarray]]:
     if isinstance(value, (Image.Image, np.ndarray, str)):
         return _photo_rgb(_as_pil(value)), None
     if not isinstance(value, dict):
-        raise gr.Error("The photo could not be read; upload it again.", title=ERROR_TITLE)
+        raise gr.Error("The photo could not be read; upload it again.", title=ERROR_TITLE, print_exception=False)
     background = value.get("background")
     if background is None:
         background = value.get("composite")
@@ -92,7 +92,8 @@ def read_editor(value) -> tuple[Optional[Image.Image], Optional[np.ndarray]]:
         try:
             values = M.mask_from_image(values, photo.size)
         except ValueError as exc:
-            raise gr.Error(f"The painted mask does not fit the photo: {exc}", title=ERROR_TITLE) from None
+            raise gr.Error(f"The painted mask does not fit the photo: {exc}", title=ERROR_TITLE,
+                           print_exception=False) from None
         layer_mask = (values >= ALPHA_THRESHOLD).astype(np.float32)
         painted = layer_mask if painted is None else np.maximum(painted, layer_mask)
     return photo, painted
@@ -105,9 +106,11 @@ def _pixels(value, name: str, lo: int, hi: int) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a number of pixels, got {value!r}", title=ERROR_TITLE) from None
+        raise gr.Error(f"{name} must be a number of pixels, got {value!r}", title=ERROR_TITLE,
+                       print_exception=False) from None
     if not math.isfinite(number) or not lo <= number <= hi:
-        raise gr.Error(f"{name} must be between {lo} and {hi} px, got {value}", title=ERROR_TITLE)
+        raise gr.Error(f"{name} must be between {lo} and {hi} px, got {value}", title=ERROR_TITLE,
+                       print_exception=False)
     return int(round(number))
 
 
@@ -127,7 +130,7 @@ def resolve_mask(editor_value, grow_px=0, feather_px=0, invert=False, whole_imag
     photo, painted = read_editor(editor_value)
     if photo is None:
         if required:
-            raise gr.Error("Upload a photo first.", title=ERROR_TITLE)
+            raise gr.Error("Upload a photo first.", title=ERROR_TITLE, print_exception=False)
         return None, None
     if whole_image:
         return photo, Image.new("L", photo.size, 255)
@@ -137,7 +140,7 @@ def resolve_mask(editor_value, grow_px=0, feather_px=0, invert=False, whole_imag
     mask = M.feather(M.grow(mask, grow_px), feather_px)
     if M.is_empty(mask):
         if required:
-            raise gr.Error(NOTHING_SELECTED, title=ERROR_TITLE)
+            raise gr.Error(NOTHING_SELECTED, title=ERROR_TITLE, print_exception=False)
         return photo, None
     return photo, M.to_pil(mask)
 
@@ -230,7 +233,7 @@ def parse_clicks(text: str) -> list[tuple[float, float, bool]]:
     try:
         return [parse_point(tok) for tok in (text or "").replace(";", " ").split()]
     except argparse.ArgumentTypeError as exc:
-        raise gr.Error(str(exc), title=ERROR_TITLE) from None
+        raise gr.Error(str(exc), title=ERROR_TITLE, print_exception=False) from None
 
 
 def format_click(x: float, y: float, positive: bool) -> str:
@@ -343,7 +346,7 @@ def _wire(runner, prefix: str, me: MaskEditor) -> None:
                     whole, request: gr.Request, progress=gr.Progress()):
         photo, painted = read_editor(editor)
         if photo is None:
-            raise gr.Error("Upload a photo first.", title=ERROR_TITLE)
+            raise gr.Error("Upload a photo first.", title=ERROR_TITLE, print_exception=False)
         mask, message = runner.call(select_by_text, runner.cache, photo, text, method, box_thr, text_thr,
                                     clip_thr, request=request, progress=progress)
         message = message[:1].upper() + message[1:]
@@ -355,7 +358,7 @@ def _wire(runner, prefix: str, me: MaskEditor) -> None:
     def add_click(editor, clicks, mode, base, evt: gr.SelectData):
         photo, painted = read_editor(editor)
         if photo is None:
-            raise gr.Error("Upload a photo first.", title=ERROR_TITLE)
+            raise gr.Error("Upload a photo first.", title=ERROR_TITLE, print_exception=False)
         x, y = evt.index[:2]
         clicks = (clicks or "").strip()
         if not clicks:  # a new set of clicks starts from the mask as it is now
@@ -366,7 +369,7 @@ def _wire(runner, prefix: str, me: MaskEditor) -> None:
                      request: gr.Request, progress=gr.Progress()):
         photo, painted = read_editor(editor)
         if photo is None:
-            raise gr.Error("Upload a photo first.", title=ERROR_TITLE)
+            raise gr.Error("Upload a photo first.", title=ERROR_TITLE, print_exception=False)
         points = parse_clicks(clicks)
         mask, message = runner.call(select_by_clicks, runner.cache, photo, points, request=request,
                                     progress=progress)

@@ -140,13 +140,14 @@ def pose_for_image(image: Image.Image | None, detect: DetectFn | None = None) ->
 def load_uploaded_pose(path: str | None, current: str | None) -> tuple[str, str]:
     """Values for ``(html, json)`` from an uploaded OpenPose JSON file (kept photo, scaled pose)."""
     if not path:
-        raise gr.Error("No file was uploaded.")
+        raise gr.Error("No file was uploaded.", print_exception=False)
     try:
         state = json.loads(current) if current else {}
     except ValueError:
         state = None
     if not isinstance(state, dict):  # the editor's own value; only a hand-made API call gets here
-        raise gr.Error("The pose editor's state could not be read (expected its JSON value); reload the page.")
+        raise gr.Error("The pose editor's state could not be read (expected its JSON value); reload the page.",
+                       print_exception=False)
     size = None
     if state.get("pose"):
         size = (state["pose"]["canvas_width"], state["pose"]["canvas_height"])
@@ -154,7 +155,7 @@ def load_uploaded_pose(path: str | None, current: str | None) -> tuple[str, str]
         text = Path(path).read_text(encoding="utf-8")
         pose = pose_from_json(text, expect_size=size)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise gr.Error(f"Could not use this pose file: {exc}") from None
+        raise gr.Error(f"Could not use this pose file: {exc}", print_exception=False) from None
     value = editor_value(pose, note="Pose loaded from the uploaded JSON.",
                          background=state.get("background") or "")
     return value, json.dumps(pose_to_json(pose))

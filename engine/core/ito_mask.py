@@ -1,7 +1,7 @@
 """ITO's edit mask (papers/ito.txt, Sec. 3.2 "Edit Mask Generation", Eq. 7).
 
-For n seeds s_i the photo's latent x_0 is noised with random noise to the encoding level t_E,
-x_E(s_i), and denoised with DDIM down to the last step twice: under the original condition C_0
+For n seeds s_i the photo's latent x_0 is noised with random noise to an encoding level
+(`ts[0]`; the method uses DiffEdit's 0.5 of the schedule, Sec. 4), x_E(s_i), and denoised with DDIM down to the last step twice: under the original condition C_0
 and under the edit condition C_EDIT. The noise estimates of the last step are compared,
 
     m = 1/n sum_i | eps(x_1, 1, C_EDIT, s_i) - eps(x_1, 1, C_0, s_i) |          (Eq. 7)

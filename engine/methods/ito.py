@@ -6,7 +6,8 @@ Edit a photo by text, scribble or pose (any combination), preserving everything 
    edited scribble and/or pose). Layout conditions go through ControlNets, several at once as a
    multi-ControlNet (their residuals add up).
 2. DDIM inversion of x_0 under C_0 to the encoding level t_E (Eq. 2): the targets x_t.
-3. Edit mask (Eq. 7, engine.core.ito_mask): n seeds x {C_0, C_EDIT}, one batched UNet call per step.
+3. Edit mask (Eq. 7, engine.core.ito_mask): n seeds x {C_0, C_EDIT}, one batched UNet call per step,
+   from DiffEdit's mask encoding level (0.5 of the schedule) down to the last step.
    A user mask replaces it or is added to it.
 4. Guidance image (Fig. 1a): SDEdit encoding of x_0 with random noise, decoded under C_EDIT with the
    ITO update at lambda = 1 (preservation only); its latents g_0 are DDIM-inverted under C_EDIT to
@@ -67,6 +68,7 @@ class ITOInputs:
     encode_ratio: float = 1.0             # t_E / T
     tau: float = 0.1                      # mask threshold
     mask_seeds: int = 10                  # n of Eq. 7
+    mask_encode_ratio: float = 0.5        # the mask pass's encoding level x_E(s) / T (DiffEdit's 0.5, see below)
     cfg: float = 7.5                      # classifier-free guidance while decoding (paper: unstated; SD's 7.5)
     control_scale: float = 1.0
     seed: int = 0
@@ -184,6 +186,7 @@ def run(inputs: ITOInputs, models, on_step: Optional[StepCallback] = None) -> Ed
     ratio = check_number("encoding ratio", inputs.encode_ratio, 0.05, 1.0)
     tau = check_number("mask threshold tau", inputs.tau, 0.0, 0.99)
     n_seeds = check_number("mask seeds n", inputs.mask_seeds, 1, 64, integer=True)
+    mask_ratio = check_number("mask encoding ratio", inputs.mask_encode_ratio, 0.05, 1.0)
     cfg = check_number("guidance scale (CFG)", inputs.cfg, 1.0, 30.0)
     scale = check_number("ControlNet scale", inputs.control_scale, 0.0, 2.0)
     seed = check_seed(inputs.seed)
@@ -220,7 +223,7 @@ def run(inputs: ITOInputs, models, on_step: Optional[StepCallback] = None) -> Ed
         targets = [traj[n_enc - i].float() for i in range(n_enc)]  # x_t paired with ts[i]
 
         # -- 3. edit mask (Eq. 7), or the user's -----------------------------------------------------
-        user_lat = None
+        user_lat, mask_ts = None, None
         if user_mask is not None:
             user_lat = (to_latent(user_mask, h, w, device=device) >= 0.5).float()
         if user_lat is not None and inputs.mask_mode == "replace":
@@ -228,8 +231,12 @@ def run(inputs: ITOInputs, models, on_step: Optional[StepCallback] = None) -> Ed
             log.notes.append("the drawn mask replaces the estimated one (no mask estimation pass)")
         else:
             with log.stage("mask"):
+                # Sec. 4, Implementation: "for mask generation, we follow the parameters of (Couairon et al.,
+                # 2022b)", i.e. DiffEdit's n = 10 noise draws at an encoding ratio of 0.5, so x_E(s) of Eq. 7
+                # sits at half the schedule here, independent of the edit's own t_E.
+                mask_ts = S.sdedit_timesteps(scheduler, steps, mask_ratio, device)
                 noises = S.randn((n_seeds,) + tuple(x0.shape[1:]), gen, device, torch.float32)
-                mask, _ = estimate_edit_mask(unet, scheduler, x0, noises, ts, cond0, cond_e, uncond, cfg,
+                mask, _ = estimate_edit_mask(unet, scheduler, x0, noises, mask_ts, cond0, cond_e, uncond, cfg,
                                              control0, control_e, log.counter, tau=tau, sigma=MASK_SIGMA,
                                              on_step=lambda i, n: log.step("mask", i, n))
             if user_lat is not None:
@@ -276,10 +283,13 @@ def run(inputs: ITOInputs, models, on_step: Optional[StepCallback] = None) -> Ed
         log.notes.append(f"t_u = {t_u} is more than the {n_enc} decoding steps: every step is updated")
     params = params_of(inputs, skip=("image", "mask", "scribble", "scribble_source", "pose", "pose_source"))
     params.update(caption=caption, prompt=prompt, lam=lam, steps=steps, t_u=t_u, k=k, lr=lr, encode_ratio=ratio,
-                  tau=tau, mask_seeds=n_seeds, cfg=cfg, control_scale=scale, decoding_steps=n_enc,
+                  tau=tau, mask_seeds=n_seeds, mask_encode_ratio=mask_ratio, cfg=cfg, control_scale=scale,
+                  decoding_steps=n_enc, mask_steps=0 if mask_ts is None else len(mask_ts),
                   conditions=(["text"] if text_changed else []) + [e[0] for e in layouts],
                   changed={"text": text_changed, **{e[0]: bool(e[3]) for e in layouts}},
                   user_mask=None if user_mask is None else inputs.mask_mode,
+                  **{key: K.pose_to_json(e[i]) for e in layouts if e[0] == "pose"  # restorable from History
+                     for key, i in (("pose_source", 1), ("pose", 2))},
                   mask_fraction=round(float(mask.mean()), 4), guidance_pass=lam < 1.0,
                   optimised="latents only (no gradient through the UNet)")
     return EditResult(images=[edited], intermediates=intermediates, seed=seed, seconds=log.finish(),
@@ -307,6 +317,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=float, default=d["tau"].default, help="mask threshold")
     parser.add_argument("--mask-seeds", type=int, default=d["mask_seeds"].default, help="n seeds of the mask")
     parser.add_argument("--encode-ratio", type=float, default=d["encode_ratio"].default, help="t_E / T")
+    parser.add_argument("--mask-encode-ratio", type=float, default=d["mask_encode_ratio"].default,
+                        help="encoding level of the mask pass / T (DiffEdit's 0.5)")
     parser.add_argument("--cfg", type=float, default=d["cfg"].default, help="classifier-free guidance scale")
     parser.add_argument("--control-scale", type=float, default=d["control_scale"].default)
 
@@ -330,5 +342,5 @@ def inputs_from_args(args, image: Image.Image, open_image) -> ITOInputs:
         pose_source=_read_json(args.pose_source) if args.pose_source else None,
         mask=open_image(args.mask) if args.mask else None, mask_mode=args.mask_mode,
         lam=args.lam, steps=args.steps, t_u=args.tu, k=args.k, lr=args.lr, encode_ratio=args.encode_ratio,
-        tau=args.tau, mask_seeds=args.mask_seeds, cfg=args.cfg, control_scale=args.control_scale,
-        seed=args.seed, resolution=args.resolution)
+        tau=args.tau, mask_seeds=args.mask_seeds, mask_encode_ratio=args.mask_encode_ratio, cfg=args.cfg,
+        control_scale=args.control_scale, seed=args.seed, resolution=args.resolution)

@@ -37,18 +37,21 @@ def build(runner) -> None:
     outputs = [settings, runner.tabs]
     for target in targets:
         outputs += list(target.fields.values()) + ([target.editor] if target.editor is not None else [])
+        outputs += target.extra_outputs
 
     def restore_from(path):
         if not path:
             return [gr.update()] * len(outputs)
         try:
             found = history.read_settings(path)
-            photo, mask = history.read_inputs(path)
+            images = history.read_images(path)
+            photo, mask = images.get("image"), images.get("mask")
         except (OSError, ValueError) as exc:
-            raise gr.Error(str(exc) if isinstance(exc, ValueError) else "the file could not be read") from None
+            raise gr.Error(str(exc) if isinstance(exc, ValueError) else "the file could not be read",
+                           print_exception=False) from None
         target = next((t for t in targets if t.method == found["method"]), None)
         if target is None:
-            raise gr.Error(f"no tab here runs {found['method']!r}")
+            raise gr.Error(f"no tab here runs {found['method']!r}", print_exception=False)
         values = [found, gr.Tabs(selected=target.tab)]
         for t in targets:
             for name in t.fields:
@@ -63,6 +66,8 @@ def build(runner) -> None:
                     values.append(C.editor_value(photo, mask) if isinstance(t.editor, gr.ImageEditor) else photo)
                 else:
                     values.append(gr.update())
+            if t.extra_outputs:
+                values += t.extra(found, images) if t is target else [gr.update()] * len(t.extra_outputs)
         if found.get("profile") != runner.cache.profile:
             gr.Warning(f"saved with the {found.get('profile')!r} profile; this app runs {runner.cache.profile!r}, "
                        "so the result will differ")

@@ -66,7 +66,7 @@ def build(runner) -> None:
         source = MASK_FROM.get(mask_from, mask_from)
         photo, mask = resolve_mask(editor, grow, feather, invert, whole, required=source == "brush")
         if photo is None:
-            raise gr.Error("Upload a photo first.", title="Please check the input")
+            raise gr.Error("Upload a photo first.", title="Please check the input", print_exception=False)
         inputs = iedit.IEditInputs(image=photo, prompt=prompt, mask_text=term or None,
                                    mask=mask if source == "brush" else None, mask_source=source,
                                    strength=strength, num_results=num_results, steps=steps, cfg=cfg, seed=seed,
@@ -79,12 +79,13 @@ def build(runner) -> None:
     def pick(state, index):
         """The before/after slider shows result `index` (1-based) of the last run."""
         if not state:
-            raise gr.Error("Run an edit first.", title="Please check the input")
+            raise gr.Error("Run an edit first.", title="Please check the input", print_exception=False)
         photo, images = state
         try:
             k = min(max(int(index), 1), len(images)) - 1
         except (TypeError, ValueError):
-            raise gr.Error(f"pick a result between 1 and {len(images)}", title="Please check the input") from None
+            raise gr.Error(f"pick a result between 1 and {len(images)}", title="Please check the input",
+                           print_exception=False) from None
         after = images[k]
         return (photo.resize(after.size) if photo.size != after.size else photo, after)
 

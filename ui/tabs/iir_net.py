@@ -71,7 +71,7 @@ def build(runner) -> None:
         # "Whole image" goes to the method as such (it records the RoI source); the mask is the one on screen.
         image, mask = resolve_mask(editor, grow, feather, invert, False, required=False)
         if image is None:
-            raise gr.Error("Upload a photo first.")
+            raise gr.Error("Upload a photo first.", print_exception=False)
         inputs = iir_net.IIRNetInputs(image=image, prompt=prompt, roi_text=roi or None, mask=mask,
                                       whole_image=bool(whole_image), noise=noise, canny_low=canny_low,
                                       canny_high=canny_high, steps=steps, cfg=cfg, seed=seed,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.core.image import image_hash
-from engine.core.ito_inputs import canvas_images, pose_json_text
+from engine.core.image import image_hash, load_image
+from engine.core.ito_inputs import canvas_images, pose_json_text, read_pose, read_scribble
 from engine.methods import ito
 from ui import components as C
 from ui.mask_editor import mask_editor, read_editor, resolve_mask
@@ -73,6 +73,9 @@ def build(runner) -> None:
                                 label="Mask threshold tau")
                 mask_seeds = gr.Slider(1, 32, value=_default("mask_seeds"), step=1, elem_id="ito-seeds",
                                        label="Mask seeds n")
+                mask_ratio = gr.Slider(0.05, 1.0, value=_default("mask_encode_ratio"), step=0.05,
+                                       elem_id="ito-mask-ratio", label="Mask encoding ratio",
+                                       info="how far each mask seed is noised before denoising (DiffEdit's 0.5)")
                 steps = gr.Slider(2, 100, value=_default("steps"), step=1, elem_id="ito-steps", label="DDIM steps")
                 cfg = gr.Slider(1.0, 20.0, value=_default("cfg"), step=0.5, elem_id="ito-cfg",
                                 label="Guidance scale (CFG)")
@@ -94,6 +97,7 @@ def build(runner) -> None:
             panel = C.result_panel()
 
     loaded = gr.Textbox(visible=False, label="The photo the editors were filled from")
+    restored_key = gr.State("")  # the photo a History restore filled the editors for (not to re-read)
     prepared_outputs = [caption, prompt, scribble, scribble_source, *pose.outputs, pose_source, notes]
 
     def prepare(editor, resolution, request: gr.Request, progress=gr.Progress()):
@@ -114,28 +118,29 @@ def build(runner) -> None:
         return "" if photo is None else f"{image_hash(photo)}@{int(resolution or 512)}"
 
     def edit(editor, grow, feather, invert, whole, mask_mode, conditions, caption, prompt, scribble, scribble_source,
-             pose_json, pose_source, lam, t_u, k, lr, encode_ratio, tau, mask_seeds, steps, cfg, control_scale,
-             resolution, seed, request: gr.Request, progress=gr.Progress()):
+             pose_json, pose_source, lam, t_u, k, lr, encode_ratio, tau, mask_seeds, mask_ratio, steps, cfg,
+             control_scale, resolution, seed, request: gr.Request, progress=gr.Progress()):
         photo, mask = resolve_mask(editor, grow, feather, invert, whole)
         if photo is None:
-            raise gr.Error("Upload a photo first.", title="Please check the input")
+            raise gr.Error("Upload a photo first.", title="Please check the input", print_exception=False)
         use = set(conditions or [])
         layer = None
         if "Scribble" in use:
             layers = scribble.get("layers") if isinstance(scribble, dict) else None
             if not layers:
                 raise gr.Error("The scribble canvas is empty: upload the photo again to get its scribble.",
-                               title="Please check the input")
+                               title="Please check the input", print_exception=False)
             layer = layers[0]
         if "Pose" in use and not (pose_json or "").strip():
-            raise gr.Error("The pose editor holds no pose: upload the photo again.", title="Please check the input")
+            raise gr.Error("The pose editor holds no pose: upload the photo again.", title="Please check the input",
+                           print_exception=False)
         inputs = ito.ITOInputs(
             image=photo, prompt=(prompt or None) if "Text" in use else None, caption=caption or None,
             scribble=layer, scribble_source=scribble_source if layer is not None else None,
             pose=pose_json if "Pose" in use else None, pose_source=(pose_source or None) if "Pose" in use else None,
             mask=mask, mask_mode=MASK_MODES.get(mask_mode, mask_mode), lam=lam, steps=steps, t_u=t_u, k=k, lr=lr,
-            encode_ratio=encode_ratio, tau=tau, mask_seeds=mask_seeds, cfg=cfg, control_scale=control_scale,
-            seed=seed, resolution=int(resolution) if resolution is not None else 512)
+            encode_ratio=encode_ratio, tau=tau, mask_seeds=mask_seeds, mask_encode_ratio=mask_ratio, cfg=cfg,
+            control_scale=control_scale, seed=seed, resolution=int(resolution) if resolution is not None else 512)
         result = runner.run(ito, inputs, request=request, progress=progress)
         return (ito.mask_overlay(photo, result), result.intermediates.get("guidance"), result.image,
                 *C.present(result, photo), result.params["caption"])
@@ -146,18 +151,62 @@ def build(runner) -> None:
     region.editor.upload(photo_key, [region.editor, resolution], loaded, api_name=False, queue=False,
                          show_progress="hidden")
     region.editor.clear(lambda: "", None, loaded, api_name=False, queue=False, show_progress="hidden")
-    loaded.change(prepare, [region.editor, resolution], prepared_outputs, api_name=False, concurrency_id="gpu",
-                  show_progress_on=[notes])
+
+    def prepare_new(editor, resolution, key, restored, request: gr.Request, progress=gr.Progress()):
+        """A new photo fills the editors, unless History has just filled them for this very photo
+        (once: the mark is cleared, so the same photo uploaded again later is read as usual)."""
+        if key and key == restored:
+            return *[gr.update()] * len(prepared_outputs), ""
+        return *prepare(editor, resolution, request, progress), ""
+
+    loaded.change(prepare_new, [region.editor, resolution, loaded, restored_key], [*prepared_outputs, restored_key],
+                  api_name=False, concurrency_id="gpu", show_progress_on=[notes])
     reread.click(prepare, [region.editor, resolution], prepared_outputs, api_name=PREPARE_API_NAME,
                  concurrency_id="gpu")
-    # Saved results restore the photo, mask, texts and numbers (the edited scribble and pose are not saved).
+
+    def restore_conditions(settings, images):
+        """History: the conditions a saved edit used (its scribble in the PNG, its poses in the
+        settings), so Edit reproduces it; what it did not use is read from the photo as on upload.
+        `loaded` and `restored_key` are set to the restored photo, so neither the change of `loaded`
+        nor the editor's upload event re-reads it."""
+        params, photo = settings.get("params") or {}, images.get("image")
+        if photo is None:
+            return [gr.update()] * len(restored)
+        resolution = int(params.get("resolution") or 512)
+        used = params.get("conditions") or []
+        saved = {"scribble": images.get("scribble"), "scribble_source": images.get("scribble_source"),
+                 "pose": params.get("pose"), "pose_source": params.get("pose_source")}
+        own = None
+        if any(value is None for value in saved.values()):
+            own = runner.call(ito.prepare, runner.cache, photo, resolution, with_caption=False)
+        image = own.image if own is not None else load_image(photo, resolution)
+        try:
+            scribble_src = (read_scribble(saved["scribble_source"], image.size, "saved scribble")
+                            if saved["scribble_source"] is not None else own.scribble)
+            scribble = (read_scribble(saved["scribble"], image.size, "saved scribble")
+                        if saved["scribble"] is not None else scribble_src)
+            pose_src = read_pose(saved["pose_source"], image.size) if saved["pose_source"] else own.pose
+            pose = read_pose(saved["pose"], image.size) if saved["pose"] else pose_src
+        except ValueError as exc:
+            raise gr.Error(f"The saved scribble or pose does not fit the photo: {exc}",
+                           title="Please check the input", print_exception=False) from None
+        background, layer = canvas_images(image, scribble)
+        note = "Restored from History: the saved edit's conditions are in the editors."
+        key = photo_key(C.editor_value(photo, images.get("mask")), resolution)
+        return ([c for c in CONDITIONS if c.lower() in used] or ["Text"],
+                {"background": background, "layers": [layer], "composite": None}, scribble_src,
+                editor_value(pose, image), pose_json_text(pose), pose_json_text(pose_src), note, key, key)
+
+    restored = [conditions, scribble, scribble_source, *pose.outputs, pose_source, notes, loaded, restored_key]
+    # Saved results restore the photo, mask, texts, numbers, and the scribble and pose the edit used.
     C.restorable(runner, ito.NAME, __name__, {
         "caption": caption, "prompt": prompt, "lam": lam, "t_u": t_u, "k": k, "lr": lr, "encode_ratio": encode_ratio,
-        "tau": tau, "mask_seeds": mask_seeds, "steps": steps, "cfg": cfg, "control_scale": control_scale,
-        "resolution": resolution, "seed": seed}, editor=region.editor)
+        "tau": tau, "mask_seeds": mask_seeds, "mask_encode_ratio": mask_ratio, "steps": steps, "cfg": cfg,
+        "control_scale": control_scale, "resolution": resolution, "seed": seed},
+        editor=region.editor, extra_outputs=restored, extra=restore_conditions)
     event = button.click(edit, [*region.inputs, mask_mode, conditions, caption, prompt, scribble, scribble_source,
-                                pose.json, pose_source, lam, t_u, k, lr, encode_ratio, tau, mask_seeds, steps, cfg,
-                                control_scale, resolution, seed],
+                                pose.json, pose_source, lam, t_u, k, lr, encode_ratio, tau, mask_seeds, mask_ratio,
+                                steps, cfg, control_scale, resolution, seed],
                          [mask_out, guidance_out, edit_out, *panel.outputs, caption], api_name=API_NAME,
                          concurrency_id="gpu")
     C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")

@@ -93,7 +93,7 @@ def build(runner) -> None:
              request: gr.Request, progress=gr.Progress()):
         image, mask = resolve_mask(editor, grow, feather, invert, whole, required=False)
         if image is None:
-            raise gr.Error("Upload a photo first.", title="Please check the input")
+            raise gr.Error("Upload a photo first.", title="Please check the input", print_exception=False)
         ref, ref_mask = resolve_mask(ref_editor, ref_grow, ref_feather, ref_invert, ref_whole, required=False)
         inputs = LD.LayerDiffusionInputs(
             image=image, text=text or "", subject_text=subject or None, background_text=background or None,
@@ -104,11 +104,17 @@ def build(runner) -> None:
         result = runner.run(LD, inputs, request=request, progress=progress)
         return (*C.present(result, image), loss_table(result.curves))
 
+    def restore_reference(settings, images):
+        """History: the reference background the saved edit used (and its subject mask), or none."""
+        reference = images.get("reference")
+        return [None if reference is None else C.editor_value(reference, images.get("reference_mask"))]
+
     C.restorable(runner, LD.NAME, __name__, {
         "text": text, "subject_text": subject, "background_text": background, "keep_background": keep,
         "alpha": alpha, "lambda1": lambda1, "lambda2": lambda2, "num_results": num_results,
         "embed_steps": embed_steps, "tune_steps": tune_steps, "steps": steps, "lora_rank": lora_rank,
-        "full_finetune": full, "cfg": cfg, "resolution": resolution, "seed": seed}, editor=region.editor)
+        "full_finetune": full, "cfg": cfg, "resolution": resolution, "seed": seed}, editor=region.editor,
+        extra_outputs=[ref_region.editor], extra=restore_reference)
     event = button.click(edit, [*region.inputs, text, subject, background, keep, *ref_region.inputs, alpha, lambda1, lambda2,
                                 num_results, embed_steps, tune_steps, steps, lora_rank, full, cfg, resolution, seed],
                          [*panel.outputs, losses], api_name=API_NAME, concurrency_id="gpu")

@@ -72,7 +72,7 @@ def build(runner) -> None:
     def edit(image, caption_text, source_word, target_word, source_lines, target_lines, xa, steps, cfg,
              reg_lambda, reg_iters, resolution, seed, request: gr.Request, progress=gr.Progress()):
         if image is None:
-            raise gr.Error("Upload a photo first.")
+            raise gr.Error("Upload a photo first.", print_exception=False)
         inputs = pix2pix_zero.Pix2PixZeroInputs(
             image=image, source=source_word or "", target=target_word or "", caption=caption_text or None,
             source_sentences=source_lines or None, target_sentences=target_lines or None, steps=steps,

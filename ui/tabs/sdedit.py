@@ -37,7 +37,7 @@ def build(runner) -> None:
              resolution, seed, request: gr.Request, progress=gr.Progress()):
         image, mask = resolve_mask(editor, grow, feather, invert, whole_image)
         if image is None:
-            raise gr.Error("Upload a photo first.")
+            raise gr.Error("Upload a photo first.", print_exception=False)
         inputs = sdedit.SDEditInputs(image=image, prompt=prompt, strength=strength, steps=steps, cfg=cfg,
                                      num_results=num_results, negative_prompt=negative, seed=seed, mask=mask,
                                      resolution=int(resolution) if resolution is not None else 512)

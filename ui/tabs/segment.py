@@ -35,7 +35,7 @@ def build(runner) -> None:
     def export(editor, grow, feather, invert, whole_image):
         photo, mask = resolve_mask(editor, grow, feather, invert, whole_image, required=False)
         if photo is None:
-            raise gr.Error("Upload a photo first.", title="Please check the input")
+            raise gr.Error("Upload a photo first.", title="Please check the input", print_exception=False)
         status = describe(photo, mask)
         if mask is None:  # nothing selected: a defined result, the all-black mask
             gr.Warning("The mask is empty: nothing is selected.")
