@@ -10,9 +10,10 @@ global forward hook records every call of the networks that carry the cost:
 - the VAE's encoder and decoder, and the CLIP text encoder, with the batch size.
 
 Each call is multiplied by the FLOPs of one sample through the SD1.5-shaped network of that kind
-at `--px`, counted by `torch.utils.flop_counter` on the meta device (no weights, no memory):
-forward, backward to the inputs only, or backward to the inputs and the weights. Captioning,
-segmentation and annotators are not counted (a few percent at most: the rows say which ran).
+at `--px` x `--px` (a square photo: a 3:2 one costs about two thirds), counted by
+`torch.utils.flop_counter` on the meta device (no weights, no memory): forward, backward to the
+inputs only, or backward to the inputs and the weights. Captioning, segmentation and annotators
+are not counted (SAM's ViT-H image encoder alone is a few TFLOPs): the rows name those that ran.
 
 The row it appends to bench/RESULTS.md gives the total TFLOPs and a lower bound on the seconds
 on an H100 SXM, TFLOPs / 989 (its dense fp16 tensor-core peak): no GPU edit can be faster.

@@ -95,10 +95,16 @@ def test_in_headless_chromium(tiny_models, artifacts):
             for elem, value in (("#p2pz-steps", STEPS), ("#p2pz-resolution", 128)):
                 box = page.locator(f"{elem} input[type=number]")
                 box.wait_for(state="visible")
-                box.fill(str(value))
-                box.blur()
-                page.wait_for_function(f"document.querySelector('{elem} input[type=range]').value == '{value}'",
-                                       timeout=10_000)
+                for attempt in range(3):  # a box typed into while the accordion still mounts can drop it
+                    box.fill(str(value))
+                    box.press("Enter")
+                    try:
+                        page.wait_for_function(f"document.querySelector('{elem} input[type=range]').value == "
+                                               f"'{value}'", timeout=10_000)
+                        break
+                    except Exception:
+                        if attempt == 2:
+                            raise
             page.locator("#p2pz-photo input[type=file]").first.set_input_files(str(CAT))
             # BLIP writes the caption as soon as the photo arrives.
             page.wait_for_function("document.querySelector('#p2pz-caption textarea').value.length > 0",
