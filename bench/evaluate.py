@@ -15,7 +15,6 @@ Bad input: one line on stderr, exit code 2.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from PIL import Image
 from bench import metrics as M
 from bench.eval_report import grid, summarize, write_report, write_results
 from bench.paper_numbers import rows_for
+from bench.results import command_line
 from bench.runners import BASELINES, baseline_inputs, build_inputs, method_module, parse_sets, run_baseline
 from bench.tasks import METRICS, TASKS, Case, Task, get_task, load_cases
 
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
                            seed=args.seed, baseline=args.baseline, resolution=args.resolution,
                            masks=Path(args.masks) if args.masks else None,
                            method_settings=parse_sets(args.sets), baseline_settings=parse_sets(args.baseline_sets),
-                           command="python -m bench.evaluate " + shlex.join(argv))
+                           command=command_line("bench.evaluate", argv))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -23,7 +23,6 @@ arithmetic), so this says what a target needs, not what a GPU measures: `bench/l
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 from collections import Counter
@@ -32,7 +31,7 @@ from functools import lru_cache
 
 import torch
 
-from bench.results import add_row, numbers
+from bench.results import add_row, command_line, numbers
 
 H100_SXM_FP16_TFLOPS = 989.4  # dense, tensor cores (NVIDIA H100 datasheet, SXM5)
 SECTION = "## Work per edit (TFLOPs at SD1.5 size)"
@@ -201,7 +200,7 @@ def main(argv=None) -> int:
           f" UNet samples {t['unet_fwd']} forward, {t['unet_bwd']} backward; calls {dict(zip(KINDS, t['calls']))};"
           f" H100 lower bound {t['h100_s']:.3f} s")
     if not own.no_record:
-        command = "python -m bench.flops " + " ".join(shlex.quote(a) for a in argv)
+        command = command_line("bench.flops", argv)
         calls = " / ".join(map(str, t["calls"]))
         add_row(SECTION, HEADER, f"| {date.today()} | {args.method} | {own.px} | {settings} | {calls} "
                f"| {t['unet_fwd']} / {t['unet_bwd']} | {t['fwd']:.1f} / {t['bwd']:.1f} / {t['total']:.1f} "

@@ -8,7 +8,6 @@ the command that produced it. Not a test: timings never gate CI.
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from datetime import date
 
 import torch
 
-from bench.results import add_row, numbers
+from bench.results import add_row, command_line, numbers
 
 SECTION = "## Latency"
 HEADER = ("| date | device | method | profile | px | settings | seconds (median) | per stage | UNet fwd/bwd "
@@ -72,7 +71,7 @@ def main(argv=None) -> int:
     print(f"{args.method}: {total:.3f} s median of {own.repeat}; stages {stages}")
     print(f"UNet evaluations: {evals}; models resident {resident:.2f} GB; peak {peak:.2f} GB")
     if not own.no_record:
-        command = "python -m bench.latency " + " ".join(shlex.quote(a) for a in argv)
+        command = command_line("bench.latency", argv)
         add_row(SECTION, HEADER, f"| {date.today()} | {device_name(models)} | {args.method} | {args.profile} "
                 f"| {args.resolution} | {settings} | {total:.3f} | {stages} | {evals['forward']}/{evals['backward']} "
                 f"| {resident:.2f} | {peak:.2f} | `{command}` |")

@@ -11,7 +11,6 @@ reconstruction for the reference cross-attention maps, and the edit with cross-a
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ from datetime import date
 import torch
 
 from bench.latency import device_name
-from bench.results import add_row
+from bench.results import add_row, command_line
 
 
 SECTION = "## pix2pix-zero against diffusers' deprecated pipeline"
@@ -104,7 +103,7 @@ def main(argv=None) -> int:
     print(f"ours {t_ours:.3f} s (re-edit with a new lambda {t_reedit:.3f} s), diffusers {t_theirs:.3f} s, "
           f"ratio {ratio:.2f}x")
     if not args.no_record:
-        cmd = "python -m bench.p2pz_vs_diffusers " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        cmd = command_line("bench.p2pz_vs_diffusers", argv or sys.argv[1:])
         add_row(SECTION, HEADER, f"| {date.today()} | {device_name(models)} | {args.profile} | {args.resolution} "
                 f"| {args.steps} inversion + reconstruction + edit steps, reg 5x lambda 20, xa 0.1, CFG 5 "
                 f"| {t_ours:.3f} | {t_reedit:.3f} | {t_theirs:.3f} | {ratio:.2f}x | `{cmd}` |")

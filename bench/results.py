@@ -6,10 +6,16 @@ one's rows landing in another's table.
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 TITLE = "# Measured speed and memory\n"
+
+
+def command_line(module: str, argv) -> str:
+    """The command line that produced a row (its last column): `python -m MODULE ARGS...`."""
+    return f"python -m {module} " + shlex.join(argv)
 
 
 def plain(value):

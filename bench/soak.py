@@ -25,7 +25,6 @@ import os
 import queue
 import random
 import re
-import shlex
 import socket
 import statistics
 import sys
@@ -37,7 +36,7 @@ from datetime import date
 from pathlib import Path
 from typing import Callable, Optional
 
-from bench.results import RESULTS, add_row
+from bench.results import RESULTS, add_row, command_line
 
 ROOT = Path(__file__).resolve().parent.parent
 CAT = ROOT / "assets" / "examples" / "cat.png"
@@ -403,7 +402,7 @@ def main(argv=None) -> int:
     if not args.no_record:
         device_name = (torch.cuda.get_device_name(cache.device) if cache.device.type == "cuda"
                        else f"CPU ({args.threads} thread{'s' if args.threads > 1 else ''}, {os.cpu_count()} cores)")
-        command = "python -m bench.soak " + " ".join(shlex.quote(a) for a in argv)
+        command = command_line("bench.soak", argv)
         row = (f"| {date.today()} | {device_name} | {args.profile} | {args.clients} "
                f"| {len(outcomes)} ({n_valid} / {len(outcomes) - n_valid}) | {len(failures)} | {not_sent} "
                f"| {wall:.0f} | {len(outcomes) / wall:.2f} | {median:.2f} / {p95:.2f} "

@@ -118,12 +118,6 @@ def read_images(source) -> dict[str, Image.Image]:
     return out
 
 
-def read_inputs(source) -> tuple[Optional[Image.Image], Optional[Image.Image]]:
-    """The input photo and mask stored by `save` (None where absent or unreadable)."""
-    images = read_images(source)
-    return images.get("image"), images.get("mask")
-
-
 def recent(folder: Optional[Path] = None, limit: int = 24) -> list[Path]:
     """The newest saved results first."""
     folder = Path(folder) if folder else outputs_dir()

@@ -65,23 +65,15 @@ UNREADABLE = re.compile(r"Traceback|upstream Gradio app|File \"|^Error$|^None$",
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
+    from bench.soak import make_files  # the photo, a brush layer, another aspect, junk and a huge PNG
+
     d = tmp_path_factory.mktemp("hardening")
-    photo = Image.open(CAT).convert("RGB").crop((75, 0, 375, 300)).resize((96, 96), Image.Resampling.LANCZOS)
-    photo.save(d / "photo.png")
-    layer = Image.new("RGBA", photo.size, (0, 0, 0, 0))
-    layer.paste((255, 255, 255, 255), (24, 24, 72, 96))
-    layer.save(d / "layer.png")
-    other = Image.new("RGBA", (40, 80), (0, 0, 0, 0))
-    other.paste((255, 255, 255, 255), (0, 0, 20, 40))
-    other.save(d / "other_aspect.png")
-    data = (d / "photo.png").read_bytes()
+    made = make_files(d)
+    data = made.photo.read_bytes()
     (d / "truncated.png").write_bytes(data[: len(data) // 2])
-    (d / "junk.png").write_bytes(b"this is not an image, only text saved as .png\n" * 40)
-    Image.new("RGB", (9000, 9000), (120, 90, 60)).save(d / "huge.png", compress_level=1)
     pose = {"canvas_width": 64, "canvas_height": 64, "people": [{"pose_keypoints_2d": [32, 10, 1] * 18}]}
     (d / "pose.json").write_text(json.dumps(pose))
-    return SimpleNamespace(dir=d, photo=d / "photo.png", layer=d / "layer.png", other=d / "other_aspect.png",
-                           pose=d / "pose.json")
+    return SimpleNamespace(dir=d, photo=made.photo, layer=made.layer, other=made.other, pose=d / "pose.json")
 
 
 def _editor(path, layers=()):

@@ -20,7 +20,8 @@ def test_save_and_read_back(tmp_path, photo, tiny_models):
     settings = history.read_settings(paths[0])
     assert settings["method"] == "sdedit" and settings["seed"] == 9 and settings["profile"] == "tiny"
     assert settings["params"]["prompt"] == "a dog" and settings["models"]["sd"] == "tiny:sd"
-    saved_photo, saved_mask = history.read_inputs(paths[0])
+    saved = history.read_images(paths[0])
+    saved_photo, saved_mask = saved["image"], saved["mask"]
     assert np.array_equal(np.asarray(saved_photo), np.asarray(photo))
     assert np.array_equal(np.asarray(saved_mask), np.asarray(mask))
     assert history.recent(tmp_path) == paths
