@@ -31,7 +31,7 @@ from functools import lru_cache
 
 import torch
 
-from bench.results import add_row, command_line, numbers
+from bench.results import add_row, command_line, numbers, run_cli
 
 H100_SXM_FP16_TFLOPS = 989.4  # dense, tensor cores (NVIDIA H100 datasheet, SXM5)
 SECTION = "## Work per edit (TFLOPs at SD1.5 size)"
@@ -209,4 +209,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

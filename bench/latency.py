@@ -16,7 +16,7 @@ from datetime import date
 
 import torch
 
-from bench.results import add_row, command_line, numbers
+from bench.results import add_row, command_line, numbers, run_cli
 
 SECTION = "## Latency"
 HEADER = ("| date | device | method | profile | px | settings | seconds (median) | per stage | UNet fwd/bwd "
@@ -79,4 +79,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

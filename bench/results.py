@@ -7,6 +7,7 @@ one's rows landing in another's table.
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -59,3 +60,13 @@ def add_row(section: str, header: str, row: str, intro: str = "", path: Path | N
     else:
         lines.insert(table[-1] + 1, row)
     path.write_text("".join(lines))
+
+
+def run_cli(main) -> int:
+    """A benchmark script's exit code, as `python -m engine` gives it: bad input (a ValueError from
+    the method's checks) is one readable line on stderr and exit code 2, not a traceback."""
+    try:
+        return main()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -49,7 +49,8 @@ def test_recorder_counts_samples_and_backward_kinds(tiny_models):
     assert t["h100_s"] == t["total"] / flops.H100_SXM_FP16_TFLOPS and (t["unet_fwd"], t["unet_bwd"]) == (8, 5)
 
 
-def test_cli_counts_sdedit_and_appends_rows_to_its_own_table(tiny_models, model_dir, tmp_path, monkeypatch):
+def test_cli_counts_sdedit_and_appends_rows_to_its_own_table(tiny_models, model_dir, tmp_path, monkeypatch,
+                                                              capsys):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Measured\n\n## Latency\n\n| a |\n|---|\n| row |\n")
     monkeypatch.setattr(results_md, "RESULTS", results)
@@ -65,6 +66,10 @@ def test_cli_counts_sdedit_and_appends_rows_to_its_own_table(tiny_models, model_
     # 2 denoising steps with CFG (batch 2), one VAE encode and one decode, the prompt and the empty prompt encoded apart.
     assert "| 2 / 0 / 1 / 1 / 2 | 4 / 0 |" in rows[0]
     assert flops.main(argv + ["--px", "100"]) == 2 and flops.main(argv + ["--profile", "sd15"]) == 2
+    # The method's own checks: one readable line and exit code 2, as with `python -m engine`.
+    bad = ["iedit", "--image", "assets/examples/cat.png", "--prompt", "a dog", "--mask", "assets/examples/grass.png"]
+    assert results_md.run_cli(lambda: flops.main(bad)) == 2
+    assert "error: mask is 512x512 but the photo is 64x40" in capsys.readouterr().err
 
 
 def test_rows_go_to_the_end_of_their_own_section_table(tmp_path):
