@@ -39,7 +39,7 @@ import torch
 from engine.core import clip as CL
 from engine.core import masks as MK
 from engine.core import sampling as S
-from engine.train.iedit_data import PairRecord, load_pair, read_pairs
+from engine.train.iedit_data import PairDataset, pair_loader
 from engine.train.perceptual import perceptual_loss
 
 STEP_DIR = re.compile(r"^checkpoint-(\d+)$")
@@ -60,6 +60,7 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     mask_threshold: float = 0.5
+    workers: int = 0  # DataLoader processes reading pairs from disk (0: the training process)
 
 
 @dataclass
@@ -97,6 +98,7 @@ def validate(cfg: TrainConfig) -> None:
     check_number("lambda_perc", cfg.lambda_perc, 0.0, 1000.0)
     check_number("save every", cfg.save_every, 1, 10_000_000, integer=True)
     check_number("mask threshold", cfg.mask_threshold, 0.0, 1.0)
+    check_number("workers", cfg.workers, 0, 64, integer=True)
     res = check_number("resolution", cfg.resolution, 64, 1024, integer=True)
     if res % 8:
         raise ValueError(f"resolution must be a multiple of 8, got {res}")
@@ -109,28 +111,36 @@ def _mask_for(models, image, phrase: str, threshold: float) -> torch.Tensor:
     return torch.from_numpy(m)[None, None]
 
 
-def prepare(records: list[PairRecord], models, cfg: TrainConfig, notes: list[str]) -> list[Prepared]:
+def prepare_item(item: dict, models, cfg: TrainConfig) -> tuple[Prepared, int]:
+    """One pair from the PairDataset, encoded on the device for one step: VAE latents z_1, z_2
+    (Eq. 2-3), masks M_1, M_2 (made with CLIPSeg when the pairs file has none), the edit
+    prompt's embeddings. Returns it with the number of masks CLIPSeg had to make."""
     sd, clip = models.sd(), models.get("clip")
     device = models.device
-    out = []
-    made = 0
     with torch.no_grad():
-        for rec in records:
-            p = load_pair(rec, cfg.resolution)
-            m1 = p.m1 if p.m1 is not None else _mask_for(models, p.source_image, rec.y1_diff, cfg.mask_threshold)
-            m2 = p.m2 if p.m2 is not None else _mask_for(models, p.target_image, rec.y2_diff, cfg.mask_threshold)
-            made += (p.m1 is None) + (p.m2 is None)
-            z1, z2 = S.encode_image(sd, p.source_image).float(), S.encode_image(sd, p.target_image).float()
-            h, w = z1.shape[-2:]
-            out.append(Prepared(
-                z1=z1, z2=z2, x2=p.x2.to(device), m1=m1.to(device), m2=m2.to(device),
-                m1_lat=MK.to_latent(m1, h, w).to(device), m2_lat=MK.to_latent(m2, h, w).to(device),
-                y2=S.encode_prompts(sd, [rec.edit_prompt]).float(),
-                clip_y2=CL.text_embeddings(clip, [rec.edit_prompt]).to(device),
-                clip_y2_diff=CL.text_embeddings(clip, [rec.y2_diff]).to(device)))
-    if made:
-        notes.append(f"{made} mask(s) missing from the pairs file were made with CLIPSeg")
-    return out
+        x1, x2 = item["x1"][None], item["x2"][None]
+        m1, m2, made = item["m1"], item["m2"], 0
+        if m1 is None:
+            m1, made = _mask_for(models, S.tensor_to_pil(x1)[0], item["y1_diff"], cfg.mask_threshold)[0], made + 1
+        if m2 is None:
+            m2, made = _mask_for(models, S.tensor_to_pil(x2)[0], item["y2_diff"], cfg.mask_threshold)[0], made + 1
+        m1, m2 = m1[None].float(), m2[None].float()
+        z1 = _encode(sd, x1)
+        z2 = _encode(sd, x2)
+        h, w = z1.shape[-2:]
+        prepared = Prepared(
+            z1=z1, z2=z2, x2=x2.to(device), m1=m1.to(device), m2=m2.to(device),
+            m1_lat=MK.to_latent(m1, h, w).to(device), m2_lat=MK.to_latent(m2, h, w).to(device),
+            y2=S.encode_prompts(sd, [item["edit_prompt"]]).float(),
+            clip_y2=CL.text_embeddings(clip, [item["edit_prompt"]]).to(device),
+            clip_y2_diff=CL.text_embeddings(clip, [item["y2_diff"]]).to(device))
+    return prepared, made
+
+
+def _encode(sd, x: torch.Tensor) -> torch.Tensor:
+    """E(x): the VAE posterior mean, scaled (as S.encode_image, from a tensor in [-1, 1])."""
+    x = x.to(sd.vae.device, sd.vae.dtype)
+    return (sd.vae.encode(x).latent_dist.mean * sd.vae.config.scaling_factor).float()
 
 
 def block_groups(unet) -> dict[str, list[torch.nn.Parameter]]:
@@ -257,7 +267,7 @@ def train(cfg: TrainConfig, models, on_step: Optional[Callable[[int, int, dict],
     from tqdm.auto import tqdm
 
     validate(cfg)
-    records = read_pairs(cfg.pairs)
+    dataset = PairDataset(cfg.pairs, cfg.resolution)  # records only: pairs stream from disk per step
     out = Path(cfg.out)
     notes: list[str] = []
     resume_from = _start(out, cfg, notes)
@@ -265,7 +275,13 @@ def train(cfg: TrainConfig, models, on_step: Optional[Callable[[int, int, dict],
 
     sd = models.sd()
     device = models.device
-    prepared = prepare(records, models, cfg, notes)
+    # The few evaluation pairs are encoded once; the training pairs are loaded step by step.
+    made = 0
+    prepared = []
+    for i in range(min(EVAL_PAIRS, len(dataset))):
+        p, k = prepare_item(dataset[i], models, cfg)
+        prepared.append(p)
+        made += k
     alphas = sd.scheduler().alphas_cumprod.float()
 
     # A private float32 copy of the UNet: the cached one is never changed.
@@ -304,6 +320,7 @@ def train(cfg: TrainConfig, models, on_step: Optional[Callable[[int, int, dict],
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="iEdit fine-tuning",
                disable=not progress, file=sys.stderr)
     eval_end = eval_start
+    loader = iter(pair_loader(dataset, cfg.seed, start, cfg.steps, cfg.workers))
     try:
         for step in bar:
             # Input and middle blocks in turn (Sec. 4.1).
@@ -311,9 +328,10 @@ def train(cfg: TrainConfig, models, on_step: Optional[Callable[[int, int, dict],
             for name, params in groups.items():
                 for prm in params:
                     prm.requires_grad_(name == active)
-            idx = int(torch.randint(len(prepared), (1,), generator=gen))
+            item = next(loader)  # this step's pair, read from disk (StepSampler)
+            p, k = prepare_item(item, models, cfg)
+            made += k
             t = int(torch.randint(T, (1,), generator=gen))
-            p = prepared[idx]
             eps1 = S.randn(tuple(p.z1.shape), gen, device, torch.float32)
             optimizer.zero_grad(set_to_none=True)
             with autocast:
@@ -321,7 +339,7 @@ def train(cfg: TrainConfig, models, on_step: Optional[Callable[[int, int, dict],
             losses["loss"].backward()
             optimizer.step()
             values = {k: round(float(v.detach()), 6) for k, v in losses.items()}
-            state["losses"].append(dict(values, step=step + 1, t=t, blocks=active))
+            state["losses"].append(dict(values, step=step + 1, t=t, blocks=active, pair=int(item["index"])))
             bar.set_postfix(loss=f"{values['loss']:.4f}", t=t, blocks=active)
             if on_step:
                 on_step(step + 1, cfg.steps, values)
@@ -333,6 +351,9 @@ def train(cfg: TrainConfig, models, on_step: Optional[Callable[[int, int, dict],
     finally:
         bar.close()
         unet.requires_grad_(False)
+        del loader  # stops the loader's worker processes
+    if made:
+        notes.append(f"masks missing from the pairs file were made with CLIPSeg ({made} times)")
     return TrainResult(cfg.steps, last_saved, eval_start, eval_end, _curves(state["losses"]), notes)
 
 
@@ -356,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=1000, help="write a checkpoint every N steps (and at the end)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mask-threshold", type=float, default=0.5, help="CLIPSeg threshold for masks missing from the pairs")
+    p.add_argument("--workers", type=int, default=2, help="processes loading pairs from disk (0: none)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace existing checkpoints in --out")
     p.add_argument("--profile", choices=PROFILES, default="sd15")
@@ -370,7 +392,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cfg = TrainConfig(pairs=args.pairs, out=args.out, steps=args.steps, lr=args.lr, resolution=args.resolution,
                       lambda_perc=args.lambda_perc, save_every=args.save_every, seed=args.seed,
-                      resume=args.resume, overwrite=args.overwrite, mask_threshold=args.mask_threshold)
+                      resume=args.resume, overwrite=args.overwrite, mask_threshold=args.mask_threshold,
+                      workers=args.workers)
     try:
         overrides = dict(_override(text) for text in args.model)
         models = ModelCache(args.profile, device=args.device, overrides=overrides)

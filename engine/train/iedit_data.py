@@ -153,3 +153,61 @@ def load_pair(rec: PairRecord, size: int) -> PairTensors:
     s_sq, t_sq = centre_square(to_rgb(src), size), centre_square(to_rgb(tgt), size)
     return PairTensors(pil_to_tensor(s_sq), pil_to_tensor(t_sq), _mask_tensor(rec.source_mask, src, size),
                        _mask_tensor(rec.target_mask, tgt, size), s_sq, t_sq)
+
+
+# -- streaming (the trainer reads one pair per step from disk) -----------------------------------------
+class PairDataset(torch.utils.data.Dataset):
+    """The pairs of a pairs file, read from disk one at a time (never all in memory).
+
+    Holds only the validated records (paths and strings); `dataset[i]` loads pair i's images and
+    masks at the training resolution and returns CPU tensors and its texts:
+    {"index", "x1", "x2" (3, R, R) in [-1, 1], "m1", "m2" (1, R, R) in {0, 1} or None,
+     "edit_prompt", "y1_diff", "y2_diff"}. `shard=(k, n)` keeps the records k, k + n, k + 2n ...
+    of the file, so n jobs can split one pairs file.
+    """
+
+    def __init__(self, path, size: int, shard: tuple[int, int] = (0, 1)):
+        k, n = shard
+        if not (isinstance(n, int) and isinstance(k, int) and n >= 1 and 0 <= k < n):
+            raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}")
+        self.records = read_pairs(path)[k::n]
+        if not self.records:
+            raise ValueError(f"{path}: shard {k} of {n} holds no pairs")
+        self.size = int(size)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        rec = self.records[i]
+        p = load_pair(rec, self.size)
+        return {"index": int(i), "x1": p.x1[0], "x2": p.x2[0],
+                "m1": None if p.m1 is None else p.m1[0], "m2": None if p.m2 is None else p.m2[0],
+                "edit_prompt": rec.edit_prompt, "y1_diff": rec.y1_diff, "y2_diff": rec.y2_diff}
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """The pair index of every training step from `start` to `steps`, each drawn from its own
+    seeded stream (seed, step): the same pair for a step whether or not the run was resumed,
+    and whatever the DataLoader's workers prefetch."""
+
+    def __init__(self, n: int, seed: int, start: int, steps: int):
+        self.n, self.seed, self.start, self.steps = int(n), int(seed), int(start), int(steps)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            yield int(torch.randint(self.n, (1,), generator=gen))
+
+
+def pair_loader(dataset: PairDataset, seed: int, start: int, steps: int, workers: int = 0):
+    """A DataLoader giving one pair (a dict, see PairDataset) per training step, loaded by
+    `workers` background processes (0: in the training process)."""
+    workers = int(workers)
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
+    return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=StepSampler(len(dataset), seed, start, steps),
+                                       num_workers=workers, prefetch_factor=2 if workers else None)
