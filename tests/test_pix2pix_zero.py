@@ -180,7 +180,7 @@ def test_edit_without_guidance_is_plain_sampling_with_c_plus_delta(tiny_models, 
     # Plain "invert + sample with c + delta", written with engine.core.sampling pieces.
     x0 = S.encode_image(sd, cat96).float()
     cond = S.encode_prompts(sd, [CAPTION]).float()
-    uncond = S.encode_prompts(sd, [""]).float()
+    uncond = cond  # the caption is CFG's unconditional prompt by default (official real-image script)
     x = P.invert(sd, sd.scheduler(), x0, cond, STEPS, S.UNetCounter(), 20.0, 5, S.make_generator(3, "cpu"))
     delta = D.edit_direction(tiny_models, "cat", "dog").delta
     scheduler = sd.scheduler()

@@ -61,6 +61,10 @@ class Pix2PixZeroInputs:
     resolution: int = 512
     reg_lambda: float = 20.0                # lambda of L_auto
     reg_iters: int = 5                      # gradient iterations per inversion step
+    # The edit's unconditional prompt. None: the caption itself, as the official real-image script
+    # passes it (negative_prompt=caption), so that a zero direction without guidance reproduces the
+    # reconstruction exactly. "" gives the usual empty unconditional prompt.
+    negative_prompt: Optional[str] = None
 
 
 # -- cross-attention maps ---------------------------------------------------------------------------
@@ -79,10 +83,11 @@ class AttentionMaps:
         self.loss: Optional[torch.Tensor] = None
 
     def __call__(self, name: str, probs: torch.Tensor) -> None:
+        cond_half = probs[-1]  # CFG batches are [uncond, cond]: the conditional half is the last sample
         if self.mode == "record":
-            self.maps[name] = probs[-1].detach()
+            self.maps[name] = cond_half.detach()
         elif self.mode == "loss":
-            diff = probs[-1].float() - self.ref[name].float()
+            diff = cond_half.float() - self.ref[name].float()
             term = diff.pow(2).sum(dim=(-2, -1)).mean()  # ||M_edit - M_ref||^2 (Eq. 5), mean over heads
             self.loss = term if self.loss is None else self.loss + term
 
@@ -137,16 +142,17 @@ def edit(sd, scheduler, x_inv, cond_edit, uncond, maps, steps, cfg, xa_guidance,
     ts = S.timesteps(scheduler, steps, x.device)
     with capture_cross_attention(sd.unet, sink):
         for i, t in enumerate(ts):
+            ref = maps[i]  # M_ref(t), recorded at this very timestep of the reconstruction (Algorithm 1)
             if xa_guidance > 0:
                 x_in = x.detach().requires_grad_(True)
-                sink.mode, sink.ref, sink.loss = "loss", maps[i], None
+                sink.mode, sink.ref, sink.loss = "loss", ref, None
                 with torch.enable_grad():
                     S.predict_noise(sd.unet, x_in, t, cond_edit, counter)
                     grad, = torch.autograd.grad(sink.loss, x_in)  # Delta x_t = grad of L_xa (Eq. 5)
                 counter.backward += 1
                 curves["xa_loss_before_guidance"].append(float(sink.loss))
                 x = (x - xa_guidance * grad).detach()         # x_t <- x_t - lambda_xa Delta x_t
-            sink.mode, sink.ref, sink.loss = "loss", maps[i], None
+            sink.mode, sink.ref, sink.loss = "loss", ref, None
             eps = S.predict_noise(sd.unet, x, t, cond_edit, counter, uncond=uncond, cfg=cfg)
             curves["xa_loss"].append(float(sink.loss))
             sink.mode, sink.ref = "off", None
@@ -251,6 +257,8 @@ def run(inputs: Pix2PixZeroInputs, models, on_step: Optional[StepCallback] = Non
     reg_lambda = check_number("regularisation weight lambda", inputs.reg_lambda, 0.0, 1000.0)
     reg_iters = check_number("regularisation iterations", inputs.reg_iters, 0, 20, integer=True)
     user_caption = check_text("caption", inputs.caption, allow_empty=True, max_len=500)
+    negative = None if inputs.negative_prompt is None else check_text(
+        "negative prompt", inputs.negative_prompt, allow_empty=True, max_len=500)
     log = RunLog(on_step)
     sd = models.sd()
     device = models.device
@@ -266,7 +274,9 @@ def run(inputs: Pix2PixZeroInputs, models, on_step: Optional[StepCallback] = Non
     with torch.no_grad():
         with log.stage("encode"):
             cond = S.encode_prompts(sd, [caption]).float()
-            uncond = S.encode_prompts(sd, [""]).float()
+            # CFG's unconditional prompt: the caption by default (official real-image script), so that
+            # eps = eps(c) + cfg (eps(c + Delta c) - eps(c)) and a zero direction changes nothing.
+            uncond = cond if negative is None else S.encode_prompts(sd, [negative]).float()
             cond_edit = cond + direction.delta.to(cond.device)  # c_edit = c + Delta c_edit
 
     # -- 3. inversion and reference maps, or the cached ones ----------------------------------------
@@ -307,7 +317,7 @@ def run(inputs: Pix2PixZeroInputs, models, on_step: Optional[StepCallback] = Non
     if len(sd.tokenizer(caption).input_ids) > sd.tokenizer.model_max_length:
         log.notes.append("the caption is longer than the text encoder's 77 tokens and was cut")
     params = params_of(inputs, skip=("image", "source_sentences", "target_sentences"))
-    params.update(caption=caption, caption_source="user" if user_caption else "blip", steps=steps, xa_guidance=xa,
+    params.update(negative_prompt=caption if negative is None else negative, caption=caption, caption_source="user" if user_caption else "blip", steps=steps, xa_guidance=xa,
                   cfg=cfg, reg_lambda=reg_lambda, reg_iters=reg_iters, size=list(image.size),
                   inversion_cached=cached,
                   direction=direction.describe(), inverted_noise=entry.noise, reconstruction_psnr=entry.psnr)
@@ -335,6 +345,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale of the edit")
     parser.add_argument("--reg-lambda", type=float, default=20.0, help="lambda of L_auto = L_pair + lambda L_KL")
     parser.add_argument("--reg-iters", type=int, default=5, help="regularisation iterations per inversion step")
+    parser.add_argument("--negative-prompt", default=None,
+                        help="unconditional prompt of the edit's CFG (default: the caption, as the official code)")
 
 
 def _read_sentences(path: Optional[str]) -> Optional[str]:
@@ -356,4 +368,5 @@ def inputs_from_args(args, image: Image.Image, open_image) -> Pix2PixZeroInputs:
     return Pix2PixZeroInputs(image=image, source=args.source, target=args.target, caption=args.caption,
                              source_sentences=src, target_sentences=tgt, steps=args.steps,
                              xa_guidance=args.xa_guidance, cfg=args.cfg, seed=args.seed,
-                             resolution=args.resolution, reg_lambda=args.reg_lambda, reg_iters=args.reg_iters)
+                             resolution=args.resolution, reg_lambda=args.reg_lambda, reg_iters=args.reg_iters,
+                             negative_prompt=getattr(args, "negative_prompt", None))
