@@ -243,6 +243,44 @@ def test_pair_builder(tiny_models, tmp_path, lexicon_file):
                              "--lexicon", str(lexicon_file)]) == 2
 
 
+def test_pseudo_target_is_retrieved_by_the_mean_of_image_and_edit_prompt(tiny_models, tmp_path, monkeypatch):
+    """Sec. 3.1 through build_pairs: with a CLIP whose embeddings are known (one axis per colour and
+    per shape word), the pseudo-target of every pair is the image showing the edit prompt's colour
+    and shape: the nearest neighbour of mean(E_img(x_1), E_txt(y_2)), not of the source alone."""
+    from engine.core import clip as CL
+    from engine.train import iedit_pairs
+
+    vocab = ["red", "blue", "green", "yellow", "circle", "square"]
+    rgb = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 220, 30)}
+
+    def image_vec(im):
+        a = np.asarray(im.convert("RGB"), dtype=float)
+        h, w = a.shape[:2]
+        centre, corner = a[h // 2, w // 2], a[int(0.3 * h), int(0.3 * w)]
+        colour = min(rgb, key=lambda c: np.abs(centre - rgb[c]).sum())
+        shape = "square" if np.abs(corner - centre).sum() < 30 else "circle"
+        return [float(v in (colour, shape)) for v in vocab]
+
+    def text_vec(text):
+        words = text.lower().replace(",", " ").split()
+        return [float(v in words) for v in vocab]
+
+    norm = torch.nn.functional.normalize
+    monkeypatch.setattr(CL, "image_embeddings", lambda clip, ims: norm(torch.tensor([image_vec(i) for i in ims]), dim=-1))
+    monkeypatch.setattr(CL, "text_embeddings", lambda clip, texts: norm(torch.tensor([text_vec(t) for t in texts]), dim=-1))
+    caps = _shapes_folder(tmp_path / "imgs")
+    (tmp_path / "captions.json").write_text(json.dumps(caps))
+    lex = tmp_path / "lex.json"
+    lex.write_text(json.dumps({"nouns": {"circle": ["square"], "square": ["circle"]},
+                               "adjectives": {c: [d for d in rgb if d != c] for c in rgb}}))
+    records, _ = iedit_pairs.build_pairs(tmp_path / "imgs", tmp_path / "pairs.jsonl", tiny_models, lexicon=str(lex),
+                                         captions=str(tmp_path / "captions.json"), progress=False)
+    assert len(records) == 9
+    for r in records:
+        colour, shape = r.edit_prompt.split()[-2:]
+        assert Path(r.target).name == f"{colour}_{shape}.png", (r.edit_prompt, r.source, r.target)
+
+
 # -- training (Sec. 3.3-3.4) ----------------------------------------------------------------------------------
 def _pairs_file(tmp_path) -> str:
     img = tmp_path / "img"
