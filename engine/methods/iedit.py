@@ -10,6 +10,24 @@ iEdit's contribution is a fine-tuned UNet (Sec. 3.3-3.4; `engine.train.iedit` tr
 pairs built by `engine.train.iedit_pairs`). No iEdit weights are public: without a
 checkpoint the base model runs the same masked inference, and the result says so
 (params.mode = "base"); with one, params.mode = "fine-tuned".
+
+Mechanisms and the tests that guard them (METHODS.md section 5; breakages registered in
+tests/mutants/m_iedit.py, run with `python -m tests.mutants --method iedit`):
+- Eq. 2, SDEdit start z_t = sqrt(a_t) z_1 + sqrt(1 - a_t) eps at the sampling ratio, one noise
+  draw per result: test_iedit_run::test_run_keeps_background_at_every_step_and_input_at_the_end,
+  ::test_sampling_ratio_slider_moves_the_edit_monotonically (more steps, edit further from the input),
+  test_iedit::test_four_results_differ_and_seed_is_deterministic.
+- Eq. 13, z~_t = (1 - M) z_t + M z~_t after every DDIM step and z_1 after the last, with the
+  run's own mask: test_iedit_run::test_run_keeps_background_at_every_step_and_input_at_the_end
+  (a UNet hook sees the background equal to the input noised to each step);
+  test_iedit::test_full_mask_equals_plain_sdedit; test_iedit::test_outside_mask_final_latents_equal_input.
+- CFG 7.5 on the edit prompt, [uncond, cond] in one batch:
+  test_iedit_run::test_run_feeds_edit_prompt_with_classifier_free_guidance.
+- M from CLIPSeg for the edit term above the threshold:
+  test_iedit_run::test_clipseg_mask_is_for_the_edit_term_and_follows_the_threshold.
+- The fine-tuned UNet is what runs: test_iedit::test_lora_checkpoint_runs_and_leaves_cached_unet_intact,
+  test_iedit_run::test_untrained_checkpoint_reproduces_the_base_model,
+  test_iedit::test_training_lowers_loss_and_checkpoint_loads.
 """
 from __future__ import annotations
 

@@ -20,6 +20,23 @@ DIR/checkpoint-NNNNNN/ holds unet/ (diffusers layout, safetensors: `python -m en
 --checkpoint DIR` loads the latest), optimizer.safetensors and trainer_state.json (step,
 random state, losses), so --resume continues exactly. An existing checkpoint is never
 replaced without --overwrite. Bad input (missing images...) -> one line on stderr, exit 2.
+
+Pairs stream from disk (`iedit_data.PairDataset` + DataLoader, --workers processes): only the
+records (paths, texts) are held; each step reads and encodes its own pair, whose index comes
+from (seed, step), so memory does not grow with the number of pairs and --resume is exact.
+
+Mechanisms and the tests that guard them (tests/test_iedit_train.py unless named; breakages
+in tests/mutants/m_iedit.py):
+- Eq. 2-3 (z_t from z_1 and eps_1; eps_2 from z_2), Eq. 4 (eps_theta conditioned on y_2),
+  Eq. 8-9 (eps_2 inside M_2, eps_1 outside M_1), Eq. 6-7 (x^_1), Eq. 5 and 11 (L_global,
+  L_loc on x^_1 * M_1 against y_2^diff), Eq. 10 (L_perc of the masked images) and Eq. 12
+  (weights 1 - t/T and t/T): test_every_training_step_optimises_eq_2_to_12_on_its_own_pair
+  (every step's pair tensors and loss values against the paper written out in the test).
+- Eq. 12 reaches the update: test_perceptual_weight_steers_the_update;
+  test_iedit::test_training_lowers_loss_and_checkpoint_loads.
+- Sec. 4.1 alternate input / middle blocks: test_input_and_middle_blocks_are_updated_alternately.
+- Streaming: test_pairs_stream_from_disk_memory_does_not_grow_with_the_pairs,
+  test_loader_workers_and_shards_give_the_same_pairs.
 """
 from __future__ import annotations
 

@@ -13,6 +13,11 @@ For every image x_1 of the folder:
    and x_2 -> PNGs in PAIRS_masks/ beside the pairs file.
 Images whose caption has no swappable word are skipped (and counted). Bad input -> a line on
 stderr and exit code 2; an existing pairs file is kept unless --overwrite.
+
+Guarding tests (tests/test_iedit.py): exactly one word swapped, with the adjective's noun in
+y^diff: test_swap_changes_exactly_one_word, test_pair_builder; retrieval by the mean of the
+image and edit-prompt embeddings, never the source or a copy of it:
+test_pseudo_target_is_retrieved_by_the_mean_of_image_and_edit_prompt, test_pair_builder.
 """
 from __future__ import annotations
 
