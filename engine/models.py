@@ -9,7 +9,7 @@ Profiles
 - `sd15-shape`: the full SD1.5 architecture with random weights, for timing on a GPU.
 
 fp16 on CUDA, fp32 on CPU. Memory modes: "gpu" (everything resident) or "offload" (each model
-moves to the GPU when it runs and the others go back to the CPU). Importing this module loads
+moves to the GPU when it runs; models of other families go back to the CPU: engine/offload.py). Importing this module loads
 nothing and does not touch CUDA.
 """
 from __future__ import annotations
@@ -197,7 +197,7 @@ class ModelCache:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self._lock = threading.RLock()
         self._models: dict[str, Any] = {}
-        self._offload_modules: list[torch.nn.Module] = []
+        self._offloader = None  # engine.offload.Offloader, made on the first offloaded model
 
     # -- where things live -------------------------------------------------------------
     @property
@@ -254,12 +254,12 @@ class ModelCache:
             if name not in self._models:
                 spec = COMPONENTS[name]
                 source = self.source(name) if self.profile == "sd15" else self._fake_folder(spec)
-                offload = self.memory == "offload" and spec.offload and self.device.type == "cuda"
+                offload = spec.offload and self._offload_enabled()
                 target = torch.device("cpu") if offload else self.device
                 with _quiet_loading():
                     model = _resolve(spec.loader)(source, target, self.dtype)
                 if offload:
-                    self._attach_offload(model)
+                    self.offloader().attach(name, model)
                 self._models[name] = model
             return self._models[name]
 
@@ -270,38 +270,20 @@ class ModelCache:
         """Forget every loaded model (after an out-of-memory error, say)."""
         with self._lock:
             self._models.clear()
-            self._offload_modules.clear()
+            if self._offloader is not None:
+                self._offloader.clear()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    # -- model CPU offload -------------------------------------------------------------
-    def _attach_offload(self, model: Any) -> None:
-        """Each model moves to the GPU when it (or one of its direct children, e.g. the VAE's
-        encoder inside `vae.encode`) runs, sending the other models back to the CPU; tensor
-        arguments follow it to the GPU."""
-        modules = [model] if isinstance(model, torch.nn.Module) else \
-            [m for m in vars(model).values() if isinstance(m, torch.nn.Module)]
-        for group in modules:
-            self._offload_modules.append(group)
-            hook = self._make_offload_hook(group)
-            for part in [group, *group.children()]:
-                part.register_forward_pre_hook(hook, with_kwargs=True)
+    # -- model CPU offload (engine/offload.py) ---------------------------------------------
+    def _offload_enabled(self) -> bool:
+        return self.memory == "offload" and self.device.type == "cuda"
 
-    def _make_offload_hook(self, group: torch.nn.Module):
-        def move(value):
-            if isinstance(value, torch.Tensor):
-                return value.to(self.device)
-            if isinstance(value, (list, tuple)):
-                return type(value)(move(v) for v in value)
-            if isinstance(value, dict):
-                return {k: move(v) for k, v in value.items()}
-            return value
+    def offloader(self):
+        """The cache's Offloader (offload mode): it moves each model to the GPU when it runs."""
+        from engine.offload import Offloader
 
-        def hook(_module, args, kwargs):
-            if next(group.parameters()).device != self.device:
-                for other in self._offload_modules:
-                    if other is not group and next(other.parameters()).device.type == "cuda":
-                        other.to("cpu")
-                group.to(self.device)
-            return move(args), move(kwargs)
-        return hook
+        with self._lock:
+            if self._offloader is None:
+                self._offloader = Offloader(self.device)
+            return self._offloader
