@@ -6,6 +6,11 @@ is refused with a ValueError a user can act on: a regular 3-channel ControlNet, 
 without config or weights, or pickle weights (.bin/.pt/.ckpt can run code when loaded; only
 safetensors are read). Loaded checkpoints are kept in a small locked LRU so a request does
 not reload them; they are frozen like every cached model.
+
+Training also writes `iir_net.json` beside the weights (META): the largest noise level K the
+ControlNet saw (k was drawn from 0..K) and the Canny thresholds its edge channel was made with.
+`trained_settings` reads it; the method refuses requests that disagree with it (a noise level
+above K, other Canny thresholds), since the ControlNet never saw such conditions.
 """
 from __future__ import annotations
 
@@ -14,14 +19,16 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from engine.core.removal import CONDITION_CHANNELS
+from engine.core.removal import CONDITION_CHANNELS, MAX_NOISE
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+META = "iir_net.json"  # written by engine.train.iir_net: K and the Canny thresholds of training
 WEIGHTS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 ENV_VAR = "DES_IIR_CHECKPOINT"  # a default checkpoint for every request that names none
@@ -85,6 +92,52 @@ def inspect_folder(path: Path) -> Path:
                              "with save_pretrained(..., safe_serialization=True)")
         raise ValueError(f"{path} is not an IIR-Net checkpoint: {WEIGHTS} is missing")
     return path
+
+
+@dataclass(frozen=True)
+class TrainedSettings:
+    """What a checkpoint was trained with (from its iir_net.json)."""
+
+    max_noise: int  # K: training drew k from 0..K (Eq. 5-6)
+    canny_low: int  # C(x0) of Eq. 7 was made with these thresholds
+    canny_high: int
+
+
+def parse_settings(meta, where: str) -> TrainedSettings:
+    """Check the content of an iir_net.json; a malformed one is a ValueError naming the field."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where} is not a JSON object")
+    values = {}
+    for key, hi in (("max_noise", MAX_NOISE), ("canny_low", 255), ("canny_high", 255)):
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
+            raise ValueError(f"{where} has no valid {key!r} (a whole number from 0 to {hi}), got {value!r}")
+        values[key] = value
+    if values["canny_low"] > values["canny_high"]:
+        raise ValueError(f"{where} has canny_low {values['canny_low']} above canny_high {values['canny_high']}")
+    return TrainedSettings(**values)
+
+
+def trained_settings(source: str) -> Optional[TrainedSettings]:
+    """The training settings of the checkpoint at `source` (a local folder or a hub id), or None
+    when it has no iir_net.json (a ControlNet trained elsewhere). Reads no weights."""
+    folder = preflight(source)
+    if folder is not None:
+        file = folder / META
+        if not file.is_file():
+            return None
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            file = Path(hf_hub_download(source, META))
+        except Exception:  # no such file on the hub, or the hub unreachable: the model load reports it
+            return None
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{file} is not valid JSON ({exc})") from None
+    return parse_settings(meta, str(file))
 
 
 def check_compatible(controlnet, unet, where: str) -> None:

@@ -28,7 +28,8 @@ import torch
 from PIL import Image
 
 from engine.core import sampling as S
-from engine.core.iir_checkpoint import configured, load_iir_controlnet, preflight
+from engine.core.iir_checkpoint import (META, TrainedSettings, configured, load_iir_controlnet,
+                                        trained_settings)
 from engine.core.image import load_image
 from engine.core.masks import coverage, mask_from_image, overlay, to_latent
 from engine.core.phrases import noun_phrase
@@ -46,6 +47,7 @@ SUMMARY = ("Text edits that keep what the text does not mention: erase colour (a
 # k = 0 (colour only) still needs room to repaint the gray region; s >= k / K always, so the
 # latent noise covers at least as much as the pixel noise put in at level k.
 MIN_STRENGTH = 0.6
+CANNY_DEFAULT = (100, 200)  # thresholds when neither the request nor the checkpoint sets them
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,36 @@ class IIRNetInputs:
     roi_text: Optional[str] = None  # default: the prompt's noun phrase
     mask: Optional[Image.Image] = None
     whole_image: bool = False
-    noise: int = 0  # k of Eq. 5-6, 0..MAX_NOISE: 0 = colour edits, high = texture edits
-    canny_low: int = 100
-    canny_high: int = 200
+    noise: int = 0  # k of Eq. 5-6, 0..K: 0 = colour edits, high = texture edits
+    canny_low: Optional[int] = None  # None: the checkpoint's (iir_net.json), else 100
+    canny_high: Optional[int] = None  # None: the checkpoint's (iir_net.json), else 200
     steps: int = 20  # Sec. 4.1: 20 DDIM steps
     cfg: float = 9.0  # Sec. 4.1: CFG 9
     seed: int = 0
     checkpoint: Optional[str] = None
     resolution: int = 512
+
+
+def settle(noise: int, low: Optional[int], high: Optional[int], trained: Optional[TrainedSettings],
+           checkpoint: Optional[str]) -> tuple[int, int, int, list]:
+    """(K, Canny low, Canny high, notes) for a request: a trained checkpoint's iir_net.json fixes K
+    and the thresholds; a request that disagrees with them is refused (the ControlNet never saw
+    k > K, nor edges made with other thresholds)."""
+    if trained is None:
+        notes = [] if checkpoint is None else [
+            f"{checkpoint} has no {META}: assuming K = {MAX_NOISE} and Canny {CANNY_DEFAULT[0]}/{CANNY_DEFAULT[1]}, "
+            "settings this ControlNet may not have been trained with"]
+        low = CANNY_DEFAULT[0] if low is None else low
+        high = CANNY_DEFAULT[1] if high is None else high
+        return MAX_NOISE, low, high, notes
+    if noise > trained.max_noise:
+        raise ValueError(f"noise level {noise} is above the largest this checkpoint was trained with "
+                         f"(K = {trained.max_noise}, from its {META}): choose 0 to {trained.max_noise}")
+    if (low is not None and low != trained.canny_low) or (high is not None and high != trained.canny_high):
+        raise ValueError(f"Canny thresholds {low}/{high} differ from the {trained.canny_low}/{trained.canny_high} this "
+                         f"checkpoint was trained with (its {META}); the ControlNet reads edges as made in "
+                         f"training: set {trained.canny_low}/{trained.canny_high}, or leave them empty")
+    return trained.max_noise, trained.canny_low, trained.canny_high, []
 
 
 def strength_for(noise: int) -> float:
@@ -152,16 +176,16 @@ def run(inputs: IIRNetInputs, models, on_step: Optional[StepCallback] = None) ->
     image = load_image(inputs.image, inputs.resolution)
     prompt = check_text("prompt", inputs.prompt)
     noise_k = check_number("noise level", inputs.noise, 0, MAX_NOISE, integer=True)
-    low = check_number("Canny low threshold", inputs.canny_low, 0, 255, integer=True)
-    high = check_number("Canny high threshold", inputs.canny_high, 0, 255, integer=True)
-    if low > high:
-        raise ValueError(f"the Canny low threshold ({low}) must not exceed the high one ({high})")
+    low, high = (None if v is None else check_number(f"Canny {name} threshold", v, 0, 255, integer=True)
+                 for name, v in (("low", inputs.canny_low), ("high", inputs.canny_high)))
     steps = check_number("steps", inputs.steps, 1, 200, integer=True)
     cfg = check_number("guidance scale (CFG)", inputs.cfg, 1.0, 30.0)
     seed = check_seed(inputs.seed)
     checkpoint = configured(inputs.checkpoint)
-    if checkpoint:
-        preflight(checkpoint)
+    trained = trained_settings(checkpoint) if checkpoint else None  # iir_net.json: K and Canny of training
+    max_noise, low, high, settle_notes = settle(noise_k, low, high, trained, checkpoint)
+    if low > high:
+        raise ValueError(f"the Canny low threshold ({low}) must not exceed the high one ({high})")
     mask, phrase, roi_params, roi_notes = plan_roi(inputs, image, prompt)
 
     log = RunLog(on_step)
@@ -172,7 +196,7 @@ def run(inputs: IIRNetInputs, models, on_step: Optional[StepCallback] = None) ->
     with torch.no_grad():
         # -- 2. the region of interest (Grounded-SAM, a drawn mask, or everything) -------------
         with log.stage("roi"):
-            log.notes.extend(roi_notes)
+            log.notes.extend(settle_notes + roi_notes)
             if mask is None:
                 mask, roi_params["boxes"], message = segment_roi(models, image, phrase)
                 log.notes.append(message)
@@ -221,7 +245,7 @@ def run(inputs: IIRNetInputs, models, on_step: Optional[StepCallback] = None) ->
         "edges": Image.fromarray((edges[0, 0].numpy() * 255).astype(np.uint8)).convert("RGB"),
     }
     params = params_of(inputs, skip=("image", "mask"))
-    params.update(roi_params, mode=mode, noise=noise_k, max_noise=MAX_NOISE, canny_low=low, canny_high=high,
+    params.update(roi_params, mode=mode, noise=noise_k, max_noise=max_noise, canny_low=low, canny_high=high,
                   steps=steps, cfg=cfg, checkpoint=checkpoint, roi_coverage=round(coverage(mask), 4),
                   masked=inputs.mask is not None and not inputs.whole_image)
     if strength is not None:
@@ -243,8 +267,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", type=float, default=9.0)
     parser.add_argument("--checkpoint", default=None,
                         help="trained IIR-Net ControlNet (folder or hub id); none = training-free mode")
-    parser.add_argument("--canny-low", type=int, default=100)
-    parser.add_argument("--canny-high", type=int, default=200)
+    parser.add_argument("--canny-low", type=int, default=None,
+                        help="default: the checkpoint's (its iir_net.json), else 100")
+    parser.add_argument("--canny-high", type=int, default=None,
+                        help="default: the checkpoint's (its iir_net.json), else 200")
 
 
 def inputs_from_args(args, image: Image.Image, open_image) -> IIRNetInputs:

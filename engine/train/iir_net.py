@@ -11,7 +11,12 @@
 - The loss is Eq. 8: || eps - eps_theta(z_t, t, tau1(S), tau2(R(x0))) ||^2, the standard
   epsilon objective, with t uniform in {0..999}.
 - AdamW updates the ControlNet only; the UNet, VAE and text encoder stay frozen (and are never
-  written to). Mixed precision (autocast fp16 + gradient scaling) on a GPU.
+  written to). Mixed precision (autocast fp16 + gradient scaling) on a GPU. With --no-amp (or
+  whenever the cached models are not fp32 and autocast is off) the loss runs through a private
+  frozen fp32 copy of the UNet, and the ControlNet is built in fp32 from it: the shared cache
+  (fp16 on a GPU) is never cast in place.
+- DIR/iir_net.json records K (--max-noise) and the Canny thresholds; inference reads it and
+  refuses a noise level above K or other thresholds (engine.core.iir_checkpoint.trained_settings).
 - DIR is itself the checkpoint (config.json + diffusion_pytorch_model.safetensors): pass it to
   `python -m engine iir-net --checkpoint DIR`. Optimizer, RNG and data order are saved beside it
   (trainer_state.safetensors + trainer_state.json), so --resume continues a run exactly; a
@@ -21,6 +26,7 @@ Bad data or output folders: one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -35,14 +41,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engine.core import sampling as S
-from engine.core.iir_checkpoint import WEIGHTS
+from engine.core.iir_checkpoint import META, WEIGHTS
 from engine.core.phrases import noun_phrase
 from engine.core.removal import CONDITION_CHANNELS, MAX_NOISE, condition, edge_tensor, mask_tensor, removal_image
 from engine.train.iir_data import DataError, open_data, square
 
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
-META = "iir_net.json"
 OWN_FILES = ("config.json", WEIGHTS, STATE_JSON, STATE_TENSORS, META)
 
 
@@ -187,12 +192,23 @@ def make_batch(data, ids, args, rois: RoIs, sd, alphas, gen, device, dropout: bo
         dist = sd.vae.encode(x.to(device, sd.vae.dtype)).latent_dist
         eps_vae = torch.randn(dist.mean.shape, generator=gen).to(device, dist.mean.dtype)
         z0 = ((dist.mean + dist.std * eps_vae) * sd.vae.config.scaling_factor).float()
-        emb = S.encode_prompts(sd, captions)
+        emb = S.encode_prompts(sd, captions).float()  # fp32 like every other input (fp16 text encoder on a GPU)
     t = torch.randint(0, len(alphas), (len(ids),), generator=gen)
     noise = torch.randn(z0.shape, generator=gen).to(device)
     a = alphas[t].to(device).view(-1, 1, 1, 1)
     z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise  # q(z_t | z_0)
     return z_t, t.to(device), emb, r.to(device), noise
+
+
+def training_unet(unet, use_amp: bool):
+    """The frozen UNet the loss runs through. Under autocast the cached one (any dtype: autocast
+    casts per op); without autocast an fp32 one, a private copy when the cache holds fp16
+    weights (fp16 on CUDA), so the fp32 ControlNet and inputs meet fp32 weights."""
+    if use_amp or unet.dtype == torch.float32:
+        return unet
+    private = copy.deepcopy(unet).float()
+    private.requires_grad_(False)
+    return private.eval()
 
 
 def iir_loss(controlnet, unet, z_t, t, emb, r, noise) -> torch.Tensor:
@@ -263,16 +279,17 @@ def train(args, models=None) -> dict:
     device = models.device
     for frozen in (sd.unet, sd.vae, sd.text_encoder):
         assert not any(p.requires_grad for p in frozen.parameters()), "base models must be frozen"
+    use_amp = device.type == "cuda" and not args.no_amp
+    unet = training_unet(sd.unet, use_amp)
     if state is not None:
         controlnet = ControlNetModel.from_pretrained(out, torch_dtype=torch.float32, use_safetensors=True)
     else:  # initialised from the UNet, with a 4-channel condition (Sec. 4.1)
         with torch.random.fork_rng(devices=[]):  # the new condition encoder's init, seeded, global RNG kept
             torch.manual_seed(args.seed)
-            controlnet = ControlNetModel.from_unet(sd.unet, conditioning_channels=CONDITION_CHANNELS)
-    controlnet = controlnet.to(device).train()  # fp32 master weights (from_unet builds in fp32)
+            controlnet = ControlNetModel.from_unet(unet, conditioning_channels=CONDITION_CHANNELS)
+    controlnet = controlnet.to(device, torch.float32).train()  # fp32 master weights, whatever the cache holds
     controlnet.requires_grad_(True)
     opt = torch.optim.AdamW(controlnet.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    use_amp = device.type == "cuda" and not args.no_amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     gen = torch.Generator().manual_seed(args.seed)
     order = Order(len(data), gen)
@@ -297,7 +314,7 @@ def train(args, models=None) -> dict:
     def evaluate(step: int) -> None:
         controlnet.eval()
         with torch.no_grad(), torch.autocast(device.type, torch.float16, enabled=use_amp):
-            record["eval_loss"].append([step, float(iir_loss(controlnet, sd.unet, *eval_batch))])
+            record["eval_loss"].append([step, float(iir_loss(controlnet, unet, *eval_batch))])
         controlnet.train()
 
     if start == 0:
@@ -311,7 +328,7 @@ def train(args, models=None) -> dict:
                 group["lr"] = args.lr * min(1.0, step / args.warmup) if args.warmup else args.lr
             batch = make_batch(data, order.take(args.batch), args, rois, sd, alphas, gen, device)
             with torch.autocast(device.type, torch.float16, enabled=use_amp):
-                loss = iir_loss(controlnet, sd.unet, *batch)
+                loss = iir_loss(controlnet, unet, *batch)
             scaler.scale(loss).backward()
             if args.grad_clip:
                 scaler.unscale_(opt)
