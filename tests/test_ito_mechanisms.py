@@ -253,3 +253,117 @@ def test_guidance_starts_from_noise_and_the_edit_from_the_inversion(tiny_models,
     a = ito.run(ito.ITOInputs(seed=0, lam=1.0, **kw), tiny_models)
     b = ito.run(ito.ITOInputs(seed=7, lam=1.0, **kw), tiny_models)
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+
+
+# -- Eq. 7: the mask ---------------------------------------------------------------------------------------------
+def _reference_mask(models, photo, caption, prompt, n, tau, seed, steps, mask_ratio=0.5):
+    """Eq. 7 written out per seed (no batching): x_E(s_i) = SDEdit noise of x_0; DDIM under C_0 and under
+    C_EDIT to the last step; mean over seeds of |eps_EDIT - eps_0|, smoothed, normalised, > tau."""
+    sd = models.sd()
+    sched = sd.scheduler()
+    x0 = S.encode_image(sd, photo).float()
+    c0, ce, un = S.encode_prompts(sd, [caption, prompt, ""]).chunk(3)
+    noises = S.randn((n, 4, 8, 8), S.make_generator(seed, "cpu"), "cpu", torch.float32)  # the run's first draw
+    ts = S.sdedit_timesteps(sched, steps, mask_ratio)
+    counter, total = S.UNetCounter(), torch.zeros(1, 1, 8, 8)
+    for i in range(n):
+        last = []
+        for cond in (c0, ce):
+            x = S.add_noise(sched, x0, noises[i:i + 1], ts[0])
+            for j, t in enumerate(ts):
+                eps = S.predict_noise(sd.unet, x, t, cond, counter, uncond=un, cfg=CFG)
+                if j < len(ts) - 1:
+                    x = S.ddim_step(sched, eps, t, x)
+            last.append(eps)
+        total += (last[1] - last[0]).abs().mean(dim=1, keepdim=True)
+    soft = gaussian_blur(total / n, ito.MASK_SIGMA)
+    return (soft / soft.max() > tau).float(), soft / soft.max()
+
+
+@pytest.mark.parametrize("n,tau,seed", [(3, 0.5, 0), (2, 0.8, 5)])
+def test_run_mask_is_eq7_over_n_seeds_thresholded_at_tau(tiny_models, photo64, n, tau, seed):
+    steps = 4
+    res = ito.run(ito.ITOInputs(image=photo64, lam=1.0, steps=steps, t_u=2, tau=tau, seed=seed,
+                                **{**BASE, "mask_seeds": n}), tiny_models)
+    want, soft = _reference_mask(tiny_models, photo64, BASE["caption"], BASE["prompt"], n, tau, seed, steps)
+    near = (soft - tau).abs() < 1e-4  # a cell this close to tau may round either way
+    got = _latent_image(res.intermediates["mask"])
+    assert torch.equal(got[~near], want[~near]) and 0 < float(want.mean()) < 1, (got, want)
+    # A single seed's map is not the average: the n seeds really count.
+    one, _ = _reference_mask(tiny_models, photo64, BASE["caption"], BASE["prompt"], 1, tau, seed, steps)
+    assert not torch.equal(one, want)
+
+
+def test_tau_thins_the_mask_monotonically(tiny_models, photo64):
+    fractions = [ito.run(ito.ITOInputs(image=photo64, lam=1.0, steps=4, t_u=0, tau=tau, **BASE),
+                         tiny_models).params["mask_fraction"] for tau in (0.05, 0.4, 0.7, 0.95)]
+    assert all(a >= b for a, b in zip(fractions, fractions[1:])) and fractions[0] > fractions[-1] + 0.3, fractions
+
+
+def test_user_mask_replaces_or_is_added_to_the_estimate(tiny_models, photo64):
+    kw = dict(image=photo64, lam=1.0, steps=4, t_u=2, tau=0.6, **BASE)
+    estimate = _latent_image(ito.run(ito.ITOInputs(**kw), tiny_models).intermediates["mask"])
+    r, c = (int(v) for v in (estimate[0, 0] == 0).nonzero()[0])  # a cell the estimate leaves out
+    drawn = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(drawn).rectangle((8 * c, 8 * r, 8 * c + 7, 8 * r + 7), fill=255)
+    user = _latent_image(drawn)
+    added = _latent_image(ito.run(ito.ITOInputs(mask=drawn, mask_mode="add", **kw), tiny_models).intermediates["mask"])
+    replaced = _latent_image(ito.run(ito.ITOInputs(mask=drawn, mask_mode="replace", **kw),
+                                     tiny_models).intermediates["mask"])
+    assert 0 < float(estimate.mean()) < 1
+    assert torch.equal(added, torch.maximum(estimate, user)) and torch.equal(replaced, user)
+    assert not torch.equal(estimate, added) and not torch.equal(added, user)  # both parts count
+
+
+# -- conditions: C_0 and C_EDIT go where the paper puts them ---------------------------------------------------
+def test_c0_and_c_edit_reach_the_right_passes_and_batch_rows(tiny_models, photo64):
+    """Text and ControlNet images: the inversion (x_t and the mask's reference) under C_0, the guidance
+    pass, its inversion and the edit under C_EDIT; in the batched mask call, the first n rows of each
+    CFG half pair C_0's text with C_0's scribble and the last n C_EDIT's text with C_EDIT's scribble."""
+    sd = tiny_models.sd()
+    src = K.scribble_from_edges(photo64)
+    edit = src.copy()
+    ImageDraw.Draw(edit).rectangle((0, 0, 20, 20), fill=(255, 255, 255))
+    c0, ce, un = S.encode_prompts(sd, [BASE["caption"], BASE["prompt"], ""]).chunk(3)
+    img0, imge = (I.control_tensor(x, "cpu", torch.float32) for x in (src, edit))
+    n, steps = BASE["mask_seeds"], 4
+    with probe(tiny_models) as p:
+        ito.run(ito.ITOInputs(image=photo64, scribble=edit, scribble_source=src, lam=0.6, steps=steps, t_u=2,
+                              **BASE), tiny_models)
+    st = _stages(p, steps, 0.6, mask_pass=True)
+    assert len(p.control) == len(p.unet)  # the ControlNet runs with every UNet call
+    ctl = dict(zip(map(id, p.unet), p.control))
+
+    def rows(call):
+        image, emb = ctl[id(call)]
+        assert torch.equal(emb, call.emb)
+        return image, emb
+
+    for stage, (img, text) in (("inversion", (img0, c0)), ("guidance inversion", (imge, ce)),
+                               ("guidance", (imge, ce)), ("edit", (imge, ce))):
+        for call in st[stage]:
+            image, emb = rows(call)
+            assert all(torch.equal(r, img[0]) for r in image), stage
+            cond_rows = emb[-1:]  # the conditional half (CFG puts the unconditional first)
+            assert torch.equal(cond_rows[0], text[0]), stage
+    for call in st["mask"]:
+        image, emb = rows(call)
+        assert image.shape[0] == emb.shape[0] == 4 * n
+        for half in (0, 2 * n):  # [uncond half; cond half], each [C_0 x n; C_EDIT x n]
+            assert all(torch.equal(image[half + i], img0[0]) for i in range(n))
+            assert all(torch.equal(image[half + n + i], imge[0]) for i in range(n))
+        assert all(torch.equal(emb[2 * n + i], c0[0]) and torch.equal(emb[3 * n + i], ce[0]) for i in range(n))
+        assert all(torch.equal(emb[i], un[0]) for i in range(2 * n))
+
+
+def test_encoding_ratio_sets_where_inversion_stops_and_the_edit_starts(tiny_models, photo64, left_half):
+    sched = tiny_models.sd().scheduler()
+    steps = 6
+    for ratio in (0.5, 1.0):
+        with probe(tiny_models) as p:
+            res = ito.run(ito.ITOInputs(image=photo64, mask=left_half, lam=1.0, steps=steps, t_u=2,
+                                        encode_ratio=ratio, **BASE), tiny_models)
+        ts = [int(t) for t in S.sdedit_timesteps(sched, steps, ratio)]
+        inv = [c.t for c in p.unet if c.x.shape[0] == 1]
+        edit = [c.t for c in p.unet if c.x.shape[0] == 2]
+        assert inv == ts[::-1] and edit == ts and res.params["decoding_steps"] == len(ts), (ratio, inv, edit)
