@@ -128,3 +128,97 @@ def test_bad_masks_are_refused(photo, tiny_models):
         _run(photo, tiny_models, mask=Image.new("L", photo.size, 0))
     with pytest.raises(ValueError, match="mask is"):
         _run(photo, tiny_models, mask=Image.new("L", (photo.width, photo.width * 2), 255))
+
+
+# -- SDEdit's mechanisms at the level of run (tests/mutants/m_sdedit.py breaks each once) ---------
+def _unet_inputs(models, seen):
+    """Record (latents, t) of every UNet call; the hook goes when the test ends."""
+    return models.sd().unet.register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append((args[0].detach().clone(), int(args[1]))), with_kwargs=True)
+
+
+@pytest.fixture
+def final_latents(monkeypatch):
+    """The latents each run decodes (its output before the VAE)."""
+    seen = []
+    real = S.decode_latents
+    monkeypatch.setattr(S, "decode_latents", lambda sd, z: seen.append(z.clone()) or real(sd, z))
+    return seen
+
+
+def _left_mask(photo) -> Image.Image:
+    mask = Image.new("L", photo.size, 0)
+    mask.paste(255, (0, 0, photo.width // 2, photo.height))
+    return mask
+
+
+def test_strength_runs_the_last_ddim_steps_down_to_t0(photo, tiny_models):
+    """SDEdit starts part-way: round(strength * steps) steps, from about strength * T down to the
+    last DDIM step (the one that lands on t = 0), never the noisiest ones."""
+    full = S.timesteps(tiny_models.sd().scheduler(), 10).tolist()
+    for strength in (0.3, 0.6):
+        seen = []
+        handle = _unet_inputs(tiny_models, seen)
+        try:
+            _run(photo, tiny_models, strength=strength)
+        finally:
+            handle.remove()
+        ts = [t for _, t in seen]
+        assert len(ts) == round(strength * 10) and ts == sorted(ts, reverse=True)
+        assert ts[-1] == min(full) and ts[0] <= strength * 1000
+
+
+def test_unet_sees_the_photo_noised_to_each_step_and_kept_outside_the_mask(photo, tiny_models):
+    """x_t ~ q(x_t | x_0): with one seed (one noise), two photos' UNet inputs differ by
+    sqrt(abar_t) (x0_a - x0_b): everywhere at the first step, outside the mask at every step."""
+    sd = tiny_models.sd()
+    sched = sd.scheduler()
+    other = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    calls = []
+    for image in (photo, other):
+        seen = []
+        handle = _unet_inputs(tiny_models, seen)
+        try:
+            _run(image, tiny_models, strength=0.5, mask=_left_mask(photo), seed=4)
+        finally:
+            handle.remove()
+        calls.append(seen)
+    dx0 = S.encode_image(sd, photo) - S.encode_image(sd, other)
+    m = to_latent(np.asarray(_left_mask(photo), np.float32) / 255, *dx0.shape[-2:])
+    outside = (m == 0).expand_as(dx0)
+    assert outside.any() and len(calls[0]) == 5
+    for i, ((xa, t), (xb, _)) in enumerate(zip(*calls)):
+        diff = (xa - xb)[:1]  # the CFG batch repeats the latents: take one
+        expected = S.alpha_bar(sched, t).sqrt() * dx0
+        where = torch.ones_like(outside) if i == 0 else outside
+        assert torch.allclose(diff[where], expected[where], atol=1e-5), f"step {i} (t={t})"
+    assert dx0.abs().mean() > 1e-2
+
+
+def test_mask_keeps_the_input_latents_outside_and_all_ones_is_plain_sdedit(photo, tiny_models, final_latents):
+    sd = tiny_models.sd()
+    x0 = S.encode_image(sd, photo)
+    _run(photo, tiny_models, mask=_left_mask(photo), seed=3)
+    m = to_latent(np.asarray(_left_mask(photo), np.float32) / 255, *x0.shape[-2:])
+    outside, inside = (m == 0).expand_as(x0), (m == 1).expand_as(x0)
+    assert torch.equal(final_latents[0][outside], x0[outside])
+    assert (final_latents[0][inside] - x0[inside]).abs().mean() > 1e-2
+    _run(photo, tiny_models, mask=Image.new("L", photo.size, 255), seed=3)
+    _run(photo, tiny_models, seed=3)
+    assert torch.allclose(final_latents[1], final_latents[2], atol=1e-6)
+
+
+def test_cfg_is_eps_uncond_plus_scale_times_the_difference_and_reads_the_negative_prompt(photo, tiny_models,
+                                                                                       final_latents):
+    """One DDIM step is linear in eps, so with eps = eps_neg + w (eps_pos - eps_neg) the output at
+    CFG w is out_neg + w (out_pos - out_neg), where out_p is the output of the unguided run
+    (CFG 1) on prompt p. A CFG ignored, halves swapped or the negative prompt dropped break it."""
+    one_step = dict(steps=1, strength=1.0, seed=2)
+    _run(photo, tiny_models, prompt="a dog", negative_prompt="a cat", cfg=1.0, **one_step)
+    _run(photo, tiny_models, prompt="a cat", cfg=1.0, **one_step)
+    _run(photo, tiny_models, prompt="a dog", negative_prompt="a cat", cfg=3.0, **one_step)
+    _run(photo, tiny_models, prompt="a dog", negative_prompt="a cat", cfg=5.0, **one_step)
+    pos, neg, w3, w5 = final_latents
+    assert (pos - neg).abs().max() > 1e-4
+    assert torch.allclose(w3, neg + 3.0 * (pos - neg), atol=1e-6, rtol=0)
+    assert torch.allclose(w5, neg + 5.0 * (pos - neg), atol=1e-6, rtol=0)
