@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from engine.core.image import open_image
-    from engine.models import ModelCache
+    from engine.models import ModelCache, ModelUnavailable
     from engine.report import write_result
 
     args = build_parser().parse_args(argv)
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         inputs = module.inputs_from_args(args, image, _open_file)
         result = module.run(inputs, models, on_step=_print_progress)
         write_result(result, Path(args.out), args.method, args.profile, {"models": models.describe()})
-    except ValueError as exc:
+    except (ValueError, ModelUnavailable) as exc:  # bad input, or weights not on this machine
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}/edited.png", file=sys.stderr)

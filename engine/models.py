@@ -46,6 +46,7 @@ class ComponentSpec:
     shape_builder: Optional[str] = None
     description: str = ""
     offload: bool = True  # False: stays on the GPU in offload mode (small models called outside forward)
+    probe: str = "config.json"  # a file every copy of the weights has: is it on this machine?
 
     @property
     def env_var(self) -> str:
@@ -56,7 +57,8 @@ COMPONENTS: dict[str, ComponentSpec] = {
     spec.name: spec
     for spec in (
         ComponentSpec("sd", SD15_ID, "engine.models:load_sd", "engine.tiny.sd:build_tiny_sd",
-                      "engine.tiny.sd:build_sd15_shape", "Stable Diffusion 1.5 (UNet, VAE, text encoder)"),
+                      "engine.tiny.sd:build_sd15_shape", "Stable Diffusion 1.5 (UNet, VAE, text encoder)",
+                      probe="model_index.json"),
         ComponentSpec("blip", "Salesforce/blip-image-captioning-base", "engine.core.caption:load_blip",
                       "engine.tiny.blip:build_tiny_blip", None, "BLIP captioner"),
         ComponentSpec("controlnet_scribble", "lllyasviel/control_v11p_sd15_scribble", "engine.models:load_controlnet",
@@ -79,7 +81,7 @@ COMPONENTS: dict[str, ComponentSpec] = {
         ComponentSpec("vgg", "timm/vgg16.tv_in1k", "engine.train.perceptual:load_vgg",
                       "engine.train.perceptual:build_tiny_vgg", None, "VGG16 features (perceptual loss)"),
         ComponentSpec("annotators", "lllyasviel/Annotators", "engine.core.conditions:load_annotators",
-                      None, None, "controlnet-aux detectors (HED scribble, OpenPose)"),
+                      None, None, "controlnet-aux detectors (HED scribble, OpenPose)", probe="body_pose_model.pth"),
         ComponentSpec("lpips", "timm/vgg16.tv_in1k", "engine.core.metric_models:load_lpips",
                       "engine.core.metric_models:build_tiny_lpips", None, "LPIPS trunk (evaluation; see engine/core/metric_models.py)"),
         ComponentSpec("dino", "facebook/dino-vitb8", "engine.core.metric_models:load_dino",
@@ -88,6 +90,30 @@ COMPONENTS: dict[str, ComponentSpec] = {
                       "engine.tiny.clip:build_tiny_clip", None, "PickScore (evaluation)"),
     )
 }
+
+
+# What the studio needs for its edit tabs, checked at start-up (the evaluation models load on demand).
+APP_COMPONENTS = ("sd", "blip", "controlnet_scribble", "controlnet_openpose", "controlnet_canny",
+                  "grounding_dino", "sam", "clipseg", "clip")
+
+
+class ModelUnavailable(Exception):
+    """Real weights that cannot be loaded: not on this machine, and not downloadable from here.
+    The message says what is missing and the three ways out (download, local folder, tiny)."""
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
+
+
+def how_to_fix(name: str) -> str:
+    spec = COMPONENTS[name]
+    return (f"put a copy laid out like the hub repository in a folder and pass --model {name}=FOLDER "
+            f"(or set {spec.env_var}), or start with --profile tiny to try every button on random weights")
 
 
 @dataclass
@@ -256,8 +282,13 @@ class ModelCache:
                 source = self.source(name) if self.profile == "sd15" else self._fake_folder(spec)
                 offload = spec.offload and self._offload_enabled()
                 target = torch.device("cpu") if offload else self.device
-                with _quiet_loading():
-                    model = _resolve(spec.loader)(source, target, self.dtype)
+                try:
+                    with _quiet_loading():
+                        model = _resolve(spec.loader)(source, target, self.dtype)
+                except OSError as exc:  # hub and filesystem errors (huggingface_hub's are OSErrors)
+                    if self.profile != "sd15":
+                        raise
+                    raise ModelUnavailable(self._unavailable_message(name, source, exc)) from None
                 if offload:
                     self.offloader().attach(name, model)
                 self._models[name] = model
@@ -265,6 +296,47 @@ class ModelCache:
 
     def sd(self) -> SDModels:
         return self.get("sd")
+
+    # -- are the real weights here? ------------------------------------------------------
+    def missing(self, names=APP_COMPONENTS) -> dict[str, str]:
+        """Component -> why its weights are not on this machine, without downloading anything
+        (sd15 only; the random profiles build theirs). Loaded components are present."""
+        if self.profile != "sd15":
+            return {}
+        out = {}
+        for name in names:
+            if name in self._models:
+                continue
+            reason = self._absence(name)
+            if reason:
+                out[name] = reason
+        return out
+
+    def _absence(self, name: str) -> Optional[str]:
+        spec, source = COMPONENTS[name], self.source(name)
+        folder = Path(source).expanduser()
+        if folder.is_dir():
+            return None
+        if folder.exists() or _looks_like_path(source):
+            return f"no folder at {source}"
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(source, spec.probe)
+        except Exception:  # a malformed id, say
+            found = None
+        if isinstance(found, str):
+            return None
+        if _hub_offline():
+            return f"{source} is not in the local hub cache and HF_HUB_OFFLINE=1 forbids downloading it"
+        return f"{source} is not in the local hub cache: the first use downloads it (needs internet)"
+
+    def _unavailable_message(self, name: str, source: str, exc: Exception) -> str:
+        spec = COMPONENTS[name]
+        reason = self._absence(name) or str(exc).strip().splitlines()[0][:200]
+        if not _hub_offline() and not _looks_like_path(source) and "download" in reason:
+            reason = f"{source} is not on this machine and could not be downloaded from the hub"
+        return f"{spec.description or name} ({name}) could not be loaded: {reason}. To fix: {how_to_fix(name)}."
 
     def clear(self) -> None:
         """Forget every loaded model (after an out-of-memory error, say)."""

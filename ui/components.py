@@ -25,7 +25,19 @@ def example(name: str) -> str:
 
 
 def banner(runner) -> None:
-    """A visible warning when the weights are random (tiny / sd15-shape profiles)."""
+    """A visible warning when the weights are random (tiny / sd15-shape profiles), or when real
+    weights the tabs need are not on this machine (which, and the ways to get them)."""
+    missing = runner.cache.missing()
+    if missing:
+        from engine.models import COMPONENTS
+
+        rows = "\n".join(f"- **{COMPONENTS[n].description or n}** (`{n}`): {why}" for n, why in missing.items())
+        gr.Markdown(
+            "**Some models are not on this machine**, so the tabs that need them will fail:\n\n"
+            f"{rows}\n\nTo fix: download them (without `HF_HUB_OFFLINE=1` the first use does, about 4 GB for "
+            "Stable Diffusion), or point the app at local copies laid out like the hub repositories with "
+            "`--model NAME=FOLDER` (or `DES_MODEL_<NAME>`), or start with `--profile tiny` to try every button "
+            "on small random-weight models.", elem_classes=["fake-banner"], elem_id="missing-banner")
     if runner.is_fake:
         gr.Markdown(
             f"**Profile `{runner.cache.profile}`: the models have random weights.** Every button works, "

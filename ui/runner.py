@@ -15,6 +15,7 @@ import torch
 
 from engine import history
 from ui import zerogpu
+from engine.models import ModelUnavailable
 from engine.types import Cancelled, EditResult, StepInfo
 
 log = logging.getLogger("studio")
@@ -76,6 +77,8 @@ class Runner:
         except Cancelled:
             raise gr.Error("Stopped. The models are unchanged; run again when ready.", title="Stopped",
                            print_exception=False) from None
+        except ModelUnavailable as exc:  # weights not on this machine: say which and how to get them
+            raise gr.Error(str(exc), title="Models missing", print_exception=False) from None
         except torch.OutOfMemoryError:
             self.cache.clear()
             raise gr.Error(OOM_HINT, title="Out of GPU memory") from None
