@@ -50,7 +50,8 @@ def add_cli_args(parser: argparse.ArgumentParser, common: bool = True) -> None:
     parser.add_argument("--text", default="", help="what to select, e.g. 'the dog on the left'")
     parser.add_argument("--points", nargs="*", type=parse_point, default=[], metavar="X,Y,+|-",
                         help="SAM clicks in photo pixels: x,y,+ (object) or x,y,- (background)")
-    parser.add_argument("--method", choices=METHODS, default="grounded-sam",
+    # dest "segmenter", not "method": `python -m engine` keeps the command's name in args.method.
+    parser.add_argument("--method", dest="segmenter", choices=METHODS, default="grounded-sam",
                         help="text segmenter (default grounded-sam)")
     parser.add_argument("--box-threshold", type=float, default=0.3,
                         help="GroundingDINO box score threshold in [0, 1] (default 0.3)")
@@ -79,7 +80,7 @@ def segment(args: argparse.Namespace, models) -> dict:
 
     if args.text.strip():
         t = time.perf_counter()
-        if args.method == "clipseg":
+        if args.segmenter == "clipseg":
             parts.append(S.clipseg_mask(models.get("clipseg"), photo, args.text))
             messages.append(f"CLIPSeg mask for '{args.text.strip()}'")
         else:
@@ -101,7 +102,7 @@ def segment(args: argparse.Namespace, models) -> dict:
     M.to_pil(mask).save(out / "mask.png")
     M.overlay(photo, mask).save(out / "overlay.png")
     report = {
-        "method": args.method if args.text.strip() else "sam-points",
+        "method": args.segmenter if args.text.strip() else "sam-points",
         "profile": getattr(args, "profile", None) or getattr(models, "profile", None),
         "text": args.text,
         "points": [[x, y, "+" if pos else "-"] for x, y, pos in args.points],

@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import argparse
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,20 +19,18 @@ from PIL import Image
 
 from engine.core import segment as S
 from engine.segment_cli import add_cli_args, parse_point, run_cli
-from engine.tiny.segment import build_tiny_clipseg, build_tiny_grounding_dino, build_tiny_sam
+from engine.tiny.segment import build_tiny_sam
 
 PHOTO_W, PHOTO_H = 160, 120  # 4:3, not square: catches swapped width/height
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-segment")
-    out = {}
-    for name, build in (("grounding_dino", build_tiny_grounding_dino), ("sam", build_tiny_sam),
-                        ("clipseg", build_tiny_clipseg)):
-        build(root / name)
-        out[name] = root / name
-    return out
+def folders(tiny_models):
+    """The tiny segmenters' folders, written once by the session's model cache (DES_TEST_CACHE
+    keeps them between runs) with the builders of engine.tiny.segment."""
+    from engine.models import COMPONENTS
+
+    return {name: Path(tiny_models._fake_folder(COMPONENTS[name])) for name in ("grounding_dino", "sam", "clipseg")}
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +271,111 @@ def test_cli_bad_input_exits_2_with_one_line(models, tmp_path, capsys, photo):
     assert parse_point("3,4,-") == (3.0, 4.0, False)
     with pytest.raises(argparse.ArgumentTypeError):
         parse_point("3;4")
+
+
+# -- mechanisms (issue 14): what reaches SAM, what the thresholds do, what CLIPSeg's values are -------
+
+class SamInputs:
+    """Records the prompts (boxes, points, labels) each SAM forward receives."""
+
+    def __init__(self, sam):
+        self.calls = []
+        self.handle = sam.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, _module, _args, kwargs):
+        self.calls.append({k: kwargs.get(k) for k in ("input_boxes", "input_points", "input_labels")})
+
+
+@pytest.fixture
+def sam_inputs(models):
+    spy = SamInputs(models["sam"])
+    yield spy
+    spy.handle.remove()
+
+
+def test_grounded_sam_prompts_sam_with_grounding_dinos_boxes(models, photo, sam_inputs):
+    """Grounded-SAM: SAM's box prompts are exactly GroundingDINO's boxes for the phrase, in SAM's
+    input frame (the 160x120 photo's longest edge resized to 64: x0.4), and the mask is their union."""
+    gdino, sam = models["grounding_dino"], models["sam"]
+    expected = S.detect_boxes(gdino, photo, "the dog", 0.2, 0.0)[:S.MAX_BOXES]
+    assert 0 < len(expected) < 10  # the threshold keeps some of the 10 queries, not all
+    res = S.grounded_sam(gdino, sam, photo, "the dog", 0.2, 0.0, embedding_cache=S.EmbeddingCache())
+    assert res.boxes == expected
+    assert len(sam_inputs.calls) == 1
+    sent = sam_inputs.calls[0]["input_boxes"][0].float()
+    want = torch.tensor([[b.x0, b.y0, b.x1, b.y1] for b in expected]) * 0.4
+    assert sent.shape == want.shape and torch.allclose(sent, want, atol=1e-3)
+    np.testing.assert_array_equal(res.mask, S.sam_masks_from_boxes(sam, photo, expected, S.EmbeddingCache()))
+    whole = S.sam_masks_from_boxes(sam, photo, [S.Box(0, 0, PHOTO_W, PHOTO_H, 1.0, "all")], S.EmbeddingCache())
+    assert not np.array_equal(res.mask, whole)
+
+
+def test_grounded_sam_box_threshold_keeps_exactly_the_boxes_above_it(models, photo):
+    gdino, sam = models["grounding_dino"], models["sam"]
+    scores = sorted((b.score for b in S.detect_boxes(gdino, photo, "the dog", 0.0, 0.0)), reverse=True)
+    assert len(set(scores)) >= 3
+    for thr in (0.0, (scores[1] + scores[2]) / 2, scores[0]):
+        res = S.grounded_sam(gdino, sam, photo, "the dog", thr, 0.0, embedding_cache=S.EmbeddingCache())
+        assert [b.score for b in res.boxes] == [s for s in scores if s > thr][:S.MAX_BOXES], thr
+        assert res.mask.any() == bool(res.boxes)
+
+
+def test_negative_clicks_reach_sam_as_background_labels(models, photo, sam_inputs):
+    sam = models["sam"]
+    cache = S.EmbeddingCache()
+    mixed = S.sam_mask_from_points(sam, photo, [(30, 40, True), (100, 90, False)], cache)
+    both = S.sam_mask_from_points(sam, photo, [(30, 40, True), (100, 90, True)], cache)
+    labels = [c["input_labels"].tolist() for c in sam_inputs.calls]
+    assert labels == [[[[1, 0]]], [[[1, 1]]]]
+    points = sam_inputs.calls[0]["input_points"].float()
+    assert torch.allclose(points, torch.tensor([[[[12.0, 16.0], [40.0, 36.0]]]]), atol=1e-3)
+    assert not np.array_equal(mixed, both)  # the label changes SAM's answer
+
+
+def test_cli_negative_click_and_union_of_text_and_clicks(models, photo, tmp_path, sam_inputs):
+    photo.save(tmp_path / "in.png")
+    args = cli_args(["--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "o"), "--text", "the dog",
+                     "--box-threshold", "0.2", "--text-threshold", "0.0", "--points", "30,40,+", "100,90,-"])
+    assert run_cli(args, StubCache(models)) == 0
+    assert sam_inputs.calls[-1]["input_labels"].tolist() == [[[1, 0]]]
+    text = S.grounded_sam(models["grounding_dino"], models["sam"], photo, "the dog", 0.2, 0.0).mask
+    clicks = S.sam_mask_from_points(models["sam"], photo, [(30, 40, True), (100, 90, False)])
+    written = np.asarray(Image.open(tmp_path / "o" / "mask.png")) > 127
+    np.testing.assert_array_equal(written, np.maximum(text, clicks) > 0.5)
+    assert (text > 0.5).any() and (clicks > 0.5).any() and not np.array_equal(text > 0.5, clicks > 0.5)
+
+
+def test_cli_box_threshold_reaches_grounding_dino(models, photo, tmp_path):
+    photo.save(tmp_path / "in.png")
+    found = {}
+    for thr in ("0.0", "1.0"):
+        args = cli_args(["--image", str(tmp_path / "in.png"), "--out", str(tmp_path / thr), "--text", "the dog",
+                         "--box-threshold", thr, "--text-threshold", "0.0"])
+        assert run_cli(args, StubCache(models)) == 0
+        found[thr] = json.loads((tmp_path / thr / "report.json").read_text())
+    assert len(found["0.0"]["boxes"]) > 0 and found["0.0"]["coverage"] > 0
+    assert found["1.0"]["boxes"] == [] and found["1.0"]["coverage"] == 0
+
+
+class ClipSegLogits:
+    def __init__(self, clipseg):
+        self.logits = []
+        self.handle = clipseg.model.register_forward_hook(lambda m, a, out: self.logits.append(out.logits.float()))
+
+
+def test_clipseg_mask_is_the_sigmoid_of_its_logits(models, photo):
+    """CLIPSeg's mask is a probability: sigmoid(logits), resized. At the logits' own size (64 px,
+    the tiny model's input) it equals sigmoid(logits); at another size it stays inside their range."""
+    spy = ClipSegLogits(models["clipseg"])
+    try:
+        square = photo.resize((64, 64))
+        m = S.clipseg_mask(models["clipseg"], square, "a cat")
+        probs = torch.sigmoid(spy.logits[-1]).reshape(64, 64).numpy()
+        np.testing.assert_allclose(m, probs, atol=1e-6)
+        big = S.clipseg_mask(models["clipseg"], photo, "a cat")
+        probs = torch.sigmoid(spy.logits[-1])
+        assert big.shape == (PHOTO_H, PHOTO_W)
+        assert float(probs.min()) - 1e-6 <= big.min() and big.max() <= float(probs.max()) + 1e-6
+        assert abs(float(big.mean()) - float(probs.mean())) < 0.02
+    finally:
+        spy.handle.remove()
