@@ -16,6 +16,29 @@ engine/core/removal.py). Two modes:
 
 The RoI comes from Grounded-SAM on the RoI text (by default the prompt's noun phrase), from a
 drawn mask, or is the whole image (scene and style edits).
+
+A trained checkpoint's iir_net.json (written by the training script) fixes K, the largest noise
+level it saw, and the Canny thresholds of its edge channel: a request above K or with other
+thresholds is refused with a ValueError; unset thresholds take the checkpoint's.
+
+Mechanisms and the tests that guard them (T = tests/test_iir_net_mechanisms.py, O =
+tests/test_iir_net.py; each is broken once in tests/mutants/m_iir_net.py):
+- Eq. 4, x'_0 = rgb2gray(x * m) + x * (1 - m): T::test_run_removal_image_is_gray_at_k0_noisier_with_k_and_the_input_outside
+  (gray inside at k = 0, the input outside) and T::test_trained_controlnet_reads_the_removal_image_and_the_edges;
+  O::test_removal_keeps_outside_grays_inside_and_has_four_channels (helper level).
+- Eq. 5-6, x'_k = sqrt(abar_k) x'_0 + sqrt(1 - abar_k) eps inside the RoI, k from the slider: the same run-level
+  test (deviation from gray strictly grows with k; outside untouched for every k) and
+  T::test_trained_checkpoint_steers_the_edit_and_an_untrained_one_does_not (k moves a trained edit).
+- Eq. 7, R(x0) = [x'_k, C(x0)]: T::test_trained_controlnet_reads_the_removal_image_and_the_edges (the ControlNet's
+  input is the removal image and the edge map, channel by channel).
+- Eq. 3, tau_theta2(R(x0)) at scale 1 into the UNet: T::test_trained_checkpoint_steers_the_edit_and_an_untrained_one_does_not
+  (a trained ControlNet moves the edit with R(x0); an untrained one, zero convolutions, adds nothing).
+- Training-free: img2img from x'_k, T::test_training_free_img2img_starts_from_the_removal_image; strength grows
+  with k, the UNet-call counts of the first test; Canny ControlNet at scale 1,
+  T::test_training_free_canny_controlnet_reads_the_edges_and_they_steer_the_edit; background kept,
+  T::test_training_free_final_latents_are_the_inputs_outside_the_roi.
+- iir_net.json (K, Canny): T::test_checkpoint_settings_come_from_its_iir_net_json, T::test_a_malformed_iir_net_json_is_refused.
+- Eq. 8 and the random k of training: see engine/train/iir_net.py.
 """
 from __future__ import annotations
 

@@ -3,6 +3,19 @@
 The baseline every paper in the studio compares against. With a mask, the latents outside it
 are replaced at every step by the input's latents noised to that step, and by the input's own
 latents at the end, so only the masked region changes.
+
+Mechanisms and the tests that guard them (tests/test_sdedit.py, at the level of `run`; each is
+broken once in tests/mutants/m_sdedit.py):
+- start x_t0 = sqrt(abar_t0) x0 + sqrt(1 - abar_t0) eps (the photo, not pure noise, at the first
+  step's level): test_unet_sees_the_photo_noised_to_each_step_and_kept_outside_the_mask.
+- strength: the last round(strength * steps) DDIM steps, from about strength * T down to t = 0:
+  test_strength_runs_the_last_ddim_steps_down_to_t0.
+- masked blending (outside: the input noised to each step, the input itself at the end; an
+  all-ones mask is plain SDEdit): test_unet_sees_the_photo_noised_to_each_step_and_kept_outside_the_mask,
+  test_mask_keeps_the_input_latents_outside_and_all_ones_is_plain_sdedit (and, on the helper,
+  test_masked_latents_outside_equal_the_noised_input_at_every_step).
+- CFG, eps = eps_neg + w (eps_pos - eps_neg) with the negative prompt as the unconditional branch:
+  test_cfg_is_eps_uncond_plus_scale_times_the_difference_and_reads_the_negative_prompt.
 """
 from __future__ import annotations
 
