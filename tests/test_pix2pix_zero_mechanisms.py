@@ -57,6 +57,12 @@ def dist(a, b) -> float:
     return float(np.abs(px(a) - px(b)).mean())
 
 
+def same(a, b) -> bool:
+    """Equal images up to rounding: at most one grey level apart, in under 1 % of the values."""
+    d = np.abs(px(a) - px(b))
+    return d.max() <= 1 and (d > 0).mean() < 0.01
+
+
 def mean(values) -> float:
     return float(np.mean(values))
 
@@ -68,7 +74,8 @@ def test_zero_direction_without_guidance_reproduces_the_reconstruction(run):
     result = run(xa_guidance=0.0, cfg=5.0, **ZERO)
     assert result.params["direction"]["direction_norm"] == 0.0
     assert result.params["negative_prompt"] == CAPTION
-    assert dist(result.image, result.intermediates["reconstruction"]) == 0.0
+    # equal up to the batch-2 vs batch-1 UNet numerics (bit-exact here; one grey level without the regulariser)
+    assert same(result.image, result.intermediates["reconstruction"])
     # The empty unconditional prompt (the old default) drifts away from the reconstruction.
     empty = run(xa_guidance=0.0, cfg=5.0, negative_prompt="", **ZERO)
     assert dist(empty.image, empty.intermediates["reconstruction"]) > 1.0
@@ -76,7 +83,7 @@ def test_zero_direction_without_guidance_reproduces_the_reconstruction(run):
 
 def test_edit_without_guidance_is_cfg_sampling_with_c_plus_delta(tiny_models, cat, run):
     """Algorithm 1 with lambda_xa = 0: DDIM from x_inv with eps(c) + cfg (eps(c + Delta c) - eps(c)),
-    written here with engine.core.sampling pieces. Fails on c - Delta c, on a dropped Delta c, on a
+    written here with engine.core.sampling pieces; the reconstruction is the same DDIM with c alone. Fails on c - Delta c, on a dropped Delta c, on a
     CFG scale that is not applied and on the wrong unconditional prompt."""
     result = run(xa_guidance=0.0, cfg=4.0, seed=3)
     sd = tiny_models.sd()
@@ -86,12 +93,17 @@ def test_edit_without_guidance_is_cfg_sampling_with_c_plus_delta(tiny_models, ca
     delta = D.edit_direction(tiny_models, "cat", "dog", SRC, TGT).delta
     x = P.invert(sd, sd.scheduler(), x0, cond, STEPS, S.UNetCounter(), 20.0, 5, S.make_generator(3, "cpu"))
     scheduler = sd.scheduler()
+    x_rec = x
     with torch.no_grad():
         for t in S.timesteps(scheduler, STEPS):
             eps = S.predict_noise(sd.unet, x, t, cond + delta, S.UNetCounter(), uncond=cond, cfg=4.0)
             x = S.ddim_step(scheduler, eps, t, x)
+            # the reconstruction (where M_ref comes from): the same DDIM with c alone, no CFG
+            x_rec = S.ddim_step(scheduler, S.predict_noise(sd.unet, x_rec, t, cond, S.UNetCounter()), t, x_rec)
         plain = S.decode_latents(sd, x)[0]
+        reconstruction = S.decode_latents(sd, x_rec)[0]
     assert np.abs(px(result.image) - px(plain)).max() <= 1
+    assert np.abs(px(result.intermediates["reconstruction"]) - px(reconstruction)).max() <= 1
     # and the direction does move the edit away from the reconstruction, differently for its reverse
     assert dist(result.image, result.intermediates["reconstruction"]) > 1.0
     back = run(xa_guidance=0.0, cfg=4.0, seed=3, source_sentences=TGT, target_sentences=SRC)
@@ -123,7 +135,7 @@ def test_zero_direction_guidance_is_a_no_op_at_every_step(run):
     result = run(xa_guidance=2.0, **ZERO)
     assert max(result.curves["xa_loss_before_guidance"]) < 1e-9
     assert max(result.curves["xa_loss"]) < 1e-9
-    assert dist(result.image, result.intermediates["reconstruction"]) == 0.0
+    assert same(result.image, result.intermediates["reconstruction"])
 
 
 def test_xa_loss_is_measured_on_the_conditional_half(run):

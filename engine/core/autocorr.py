@@ -22,6 +22,23 @@ the factor S_0^2 makes the change of each element independent of the resolution 
 16x11 on the tiny model). With STEP = 0.005 and lambda = 20 the KL term removes about 40 % of a
 channel's standard-deviation error per iteration (a tenth survives the 5 iterations): soft, where
 the paper warns that strict normalisation diverges. L_pair's share is small, as lambda = 20 says.
+
+Against the official code (measured; test_regulariser_against_the_official_numerics in
+tests/test_pix2pix_zero.py runs diffusers' deprecated auto_corr_loss / kl_divergence and its loop:
+per iteration 5 rolls of step 20/5 on the raw-product loss, then a step of 20 on the KL). The official
+code departs from the paper's text in ways we do not follow: its offsets are drawn from [0, S/2), so
+delta = 0 occurs and adds (mean eta^2)^2, a pull towards zero variance; its pyramid pools without the
+x2, so level p's products are 4^-p smaller and the coarse levels barely count; its KL is one term
+over all channels without the 1/2; its steps are absolute, so its strength depends on the latent size.
+One inversion step's 5 iterations on a fixed correlated noise (3x3 circular box blur, std 1.3, mean
+0.1, seed 0), L_pair over all offsets / L_KL / relative change of the noise:
+  64x64 (SD):  input 14.81 / 0.350;  ours 13.75 / 0.052 / 0.152;  official 14.26 / 0.250 / 0.042
+  12x8:        input 14.97 / 0.336;  ours 11.95 / 0.056 / 0.166;  official  4.50 / 0.472 / 0.634
+  8x5:         ours 9.19 / 0.049 / 0.150;  official overshoots (change 1.58, KL 1.47; NaN on white noise)
+(With a 5x5 blur at 64x64 the official lowers L_pair slightly more: 31.20 vs 31.88 from 33.33.)
+So at SD size both decorrelate about as much; ours pulls the per-channel variance to 1 harder (the
+KL pull ~41 times the official's at 64x64, a choice lambda can turn down) and behaves the same at every
+latent size, which the tiny-model tests need; the official numerics diverge on small latents.
 """
 from __future__ import annotations
 

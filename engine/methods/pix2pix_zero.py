@@ -14,6 +14,30 @@
 Steps 2-3 depend only on (photo, caption, steps, model, regularisation, seed); they are kept in a
 small LRU in memory, so moving lambda_xa or picking another direction re-runs only step 5.
 Only cross-attention layers compute explicit attention probabilities; self-attention stays on SDPA.
+CFG's unconditional prompt is the caption by default (negative_prompt=None), as in the official
+real-image script: with Delta c = 0 and lambda_xa = 0 the edit then reproduces the reconstruction
+exactly (the empty prompt drifted: mean 7 / max 48 grey levels on the tiny model at 64 px).
+
+Mechanisms and the run-level tests that guard them (tests/test_pix2pix_zero_mechanisms.py; the
+breakages they kill are registered in tests/mutants/m_pix2pix_zero.py):
+- Sec. 3.1 regularised inversion with c: test_run_inversion_is_section_3_1_written_out (the run's
+  x_inv equals DDIM inversion with L_auto written out with loops: pyramid, offsets, lambda, step).
+- L_auto lowers the autocorrelation (METHODS.md check): test_regularised_inverted_noise_has_less_autocorrelation.
+- Eq. 3 L_pair alone decorrelates: test_pair_term_alone_lowers_the_autocorrelation.
+- lambda L_KL: test_lambda_slider_pulls_the_noise_towards_unit_gaussian (KL falls strictly with lambda).
+- 5 iterations per step: test_more_iterations_regularise_more.
+- random roll offsets from the seed: test_seed_draws_the_roll_offsets.
+- Sec. 3.2 Delta c = mean E(target) - mean E(source): test_direction_in_the_run_is_the_mean_embedding_difference.
+- c_edit = c + Delta c, CFG with the caption as negative prompt, M_ref from the plain reconstruction
+  with c: test_edit_without_guidance_is_cfg_sampling_with_c_plus_delta,
+  test_zero_direction_without_guidance_reproduces_the_reconstruction.
+- CFG on the edit pass: test_cfg_scale_moves_the_edit_monotonically.
+- Algorithm 1, M_ref(t) per step: test_zero_direction_guidance_is_a_no_op_at_every_step.
+- Eq. 5 on the conditional half: test_xa_loss_is_measured_on_the_conditional_half.
+- x_t <- x_t - lambda_xa grad L_xa: test_every_guidance_step_lowers_the_cross_attention_loss
+  (sign), test_guidance_weight_moves_the_edit_monotonically (weight).
+- UNet calls per stage (batch 1 inversion / reconstruction / guided pass, batch 2 CFG): test_unet_calls_per_stage.
+- cache key (photo, caption, steps, ...): test_cache_key_holds_caption_and_steps.
 """
 from __future__ import annotations
 
@@ -65,6 +89,11 @@ class Pix2PixZeroInputs:
     # passes it (negative_prompt=caption), so that a zero direction without guidance reproduces the
     # reconstruction exactly. "" gives the usual empty unconditional prompt.
     negative_prompt: Optional[str] = None
+
+    @property
+    def caption_as_negative(self) -> bool:
+        """Whether the edit's CFG uses the caption as its unconditional prompt (the default)."""
+        return self.negative_prompt is None
 
 
 # -- cross-attention maps ---------------------------------------------------------------------------
