@@ -117,9 +117,9 @@ def main(argv=None) -> int:
     inputs = P.Pix2PixZeroInputs(image=image, source="cat", target="dog", caption=caption, steps=args.steps,
                                  xa_guidance=0.1, cfg=5.0, resolution=args.resolution)
     reedit = P.Pix2PixZeroInputs(**{**inputs.__dict__, "xa_guidance": 0.05})
-    # Ours takes the caption as the edit's unconditional prompt (the official real-image script's
-    # choice, see engine/methods/pix2pix_zero.py) when it has that field: give diffusers the same.
-    negative = caption if getattr(inputs, "negative_caption", getattr(inputs, "caption_as_negative", False)) else None
+    # Ours takes the caption as the edit's unconditional prompt by default (negative_prompt None, the
+    # official real-image script's choice, see engine/methods/pix2pix_zero.py): give diffusers the same.
+    negative = caption if inputs.negative_prompt is None else (inputs.negative_prompt or None)
     # The reference pipeline switches processors and requires_grad on its UNet: give it its own copy.
     ref = load_sd(sd.source, models.device, models.dtype)
     with warnings.catch_warnings():

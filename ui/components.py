@@ -45,6 +45,16 @@ def banner(runner) -> None:
             elem_classes=["fake-banner"], elem_id="fake-banner")
 
 
+def quick_defaults_note(runner, module) -> None:
+    """Under a tab's advanced settings: which defaults the profile made quicker than the paper's."""
+    from engine.profile_defaults import describe
+
+    text = describe(module, runner.cache.profile)
+    if text:
+        gr.Markdown(f"*Quick defaults of the `{runner.cache.profile}` profile:* {text}.",
+                    elem_classes=["quick-defaults"])
+
+
 def seed_row(value: int = 0) -> gr.Number:
     """A seed box with a button that draws a random seed."""
     with gr.Row(equal_height=True):

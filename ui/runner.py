@@ -43,6 +43,12 @@ class Runner:
     def is_fake(self) -> bool:
         return self.cache.is_fake
 
+    def defaults(self, method: ModuleType) -> dict:
+        """The method's default inputs on this cache's profile (engine/profile_defaults.py)."""
+        from engine.profile_defaults import defaults
+
+        return defaults(method, self.cache.profile)
+
     def _key(self, request: Optional[gr.Request]) -> str:
         return getattr(request, "session_hash", None) or "default"
 
@@ -95,6 +101,9 @@ class Runner:
     def run(self, method: ModuleType, inputs, request: Optional[gr.Request] = None,
             progress: Any = None) -> EditResult:
         result = self.call(method.run, inputs, self.cache, request=request, progress=progress)
+        quick = _quick_settings_used(method, inputs, self.cache.profile)
+        if quick:
+            result.notes.append(f"{self.cache.profile} profile's quick defaults: {quick}")
         if self.outputs is not None:
             try:
                 paths = history.save(result, method.NAME, self.cache.profile, self.cache.describe(), self.outputs,
@@ -103,6 +112,16 @@ class Runner:
             except OSError as exc:  # a full disk must not lose the user's result on screen
                 log.warning("could not save the result: %s", exc)
         return result
+
+
+def _quick_settings_used(method: ModuleType, inputs, profile: str) -> str:
+    """The profile's quick defaults this run used, with the paper's values ('' if none)."""
+    from engine.profile_defaults import overrides, paper_defaults
+
+    paper = paper_defaults(method)
+    used = [f"{k} {v} (paper {paper[k]})" for k, v in overrides(method, profile).items()
+            if getattr(inputs, k, None) == v]
+    return ", ".join(used)
 
 
 def _execute(fn, args, kwargs):

@@ -29,6 +29,7 @@ def badge_text(checkpoint: str | None = None, mode: str | None = None) -> str:
 
 
 def build(runner) -> None:
+    D = runner.defaults(iedit)
     gr.Markdown("Change one thing in a photo and keep the rest (Bodur et al., *iEdit*, 2023). Write the edit "
                 "prompt, say which words are the edit; the mask comes from CLIPSeg for those words (as in the "
                 "paper), from Grounded-SAM, or from your brush. Outside the mask the photo is kept at every step.")
@@ -48,10 +49,11 @@ def build(runner) -> None:
                                           "empty = base model)", placeholder="runs/iedit", elem_id="iedit-checkpoint")
             with gr.Accordion("Advanced", open=False):
                 num_results = gr.Slider(1, 4, value=4, step=1, label="Results (one batch)")
-                steps = gr.Slider(1, 200, value=50, step=1, label="DDIM steps")
+                steps = gr.Slider(1, 200, value=D["steps"], step=1, label="DDIM steps")
                 cfg = gr.Slider(1.0, 20.0, value=7.5, step=0.5, label="Guidance scale (CFG)")
                 threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="CLIPSeg mask threshold")
-                resolution = gr.Slider(64, 1024, value=512, step=64, label="Resolution (longest side)")
+                resolution = gr.Slider(64, 1024, value=D["resolution"], step=64, label="Resolution (longest side)")
+                C.quick_defaults_note(runner, iedit)
             seed = C.seed_row()
             button, stop = C.run_buttons("iedit")
         with gr.Column():

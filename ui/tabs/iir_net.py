@@ -37,6 +37,7 @@ def roi_from_prompt(prompt: str) -> str:
 
 
 def build(runner) -> None:
+    D = runner.defaults(iir_net)
     gr.Markdown("Edit what the prompt mentions and keep the rest (*IIR-Net*: image information removal). The region "
                 "to edit is found from the RoI text with Grounded-SAM, painted with the brush, or the whole "
                 "image. Inside it, colour is erased, and with the noise slider texture too; edges keep the shape.")
@@ -55,9 +56,10 @@ def build(runner) -> None:
             with gr.Accordion("Advanced", open=False):
                 canny_low = gr.Slider(0, 255, value=100, step=1, label="Canny low threshold")
                 canny_high = gr.Slider(0, 255, value=200, step=1, label="Canny high threshold")
-                steps = gr.Slider(1, 100, value=20, step=1, label="DDIM steps")
+                steps = gr.Slider(1, 100, value=D["steps"], step=1, label="DDIM steps")
                 cfg = gr.Slider(1.0, 20.0, value=9.0, step=0.5, label="Guidance scale (CFG)")
-                resolution = gr.Slider(64, 1024, value=512, step=64, label="Resolution (longest side)")
+                resolution = gr.Slider(64, 1024, value=D["resolution"], step=64, label="Resolution (longest side)")
+                C.quick_defaults_note(runner, iir_net)
             seed = C.seed_row()
             button, stop = C.run_buttons("iir-net")
         with gr.Column():

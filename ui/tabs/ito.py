@@ -21,14 +21,8 @@ CONDITIONS = ("Text", "Scribble", "Pose")
 MASK_MODES = {"replace the estimated mask": "replace", "add to the estimated mask": "add"}
 POSE_NOTE = "A default skeleton: drag it into place."  # short: a long note wraps and moves the canvas
 STROKE = "#1e40ff"  # engine.core.ito_inputs.STROKE_RGB; any opaque pixel of the layer is a stroke
-D = ito.ITOInputs.__dataclass_fields__
-
-
-def _default(name):
-    return D[name].default
-
-
 def build(runner) -> None:
+    D = runner.defaults(ito)  # the paper's, or the tiny profile's quick ones (engine/profile_defaults.py)
     gr.Markdown("Edit by **text**, **scribble** or **pose**, or several at once, and keep the rest of the photo "
                 "(*Optimisation-based multi-modal semantic image editing*). An edit mask is estimated from how "
                 "the noise predictions differ between the photo's conditions and the edited ones; a guidance "
@@ -59,31 +53,32 @@ def build(runner) -> None:
                 with gr.Tab("Pose"):
                     pose = pose_editor("Pose: drag the joints", elem_id="ito-pose")
                     pose_source = gr.Textbox(visible=False, label="The photo's pose (OpenPose JSON)")
-            lam = gr.Slider(0.0, 1.0, value=_default("lam"), step=0.05, elem_id="ito-lambda",
+            lam = gr.Slider(0.0, 1.0, value=D["lam"], step=0.05, elem_id="ito-lambda",
                             label="lambda: guidance (0) <-> preservation (1); 1 skips the guidance image")
             with gr.Accordion("Advanced", open=False):
-                t_u = gr.Slider(0, 50, value=_default("t_u"), step=1, elem_id="ito-tu",
+                t_u = gr.Slider(0, 50, value=D["t_u"], step=1, elem_id="ito-tu",
                                 label="t_u: optimise during the first steps")
-                k = gr.Slider(0, 50, value=_default("k"), step=1, elem_id="ito-k", label="k: Adam steps per update")
-                lr = gr.Slider(0.001, 1.0, value=_default("lr"), step=0.001, elem_id="ito-lr",
+                k = gr.Slider(0, 50, value=D["k"], step=1, elem_id="ito-k", label="k: Adam steps per update")
+                lr = gr.Slider(0.001, 1.0, value=D["lr"], step=0.001, elem_id="ito-lr",
                                label="Learning rate (gamma)")
-                encode_ratio = gr.Slider(0.05, 1.0, value=_default("encode_ratio"), step=0.05,
+                encode_ratio = gr.Slider(0.05, 1.0, value=D["encode_ratio"], step=0.05,
                                          elem_id="ito-encode-ratio", label="Encoding ratio (t_E / T)")
-                tau = gr.Slider(0.0, 0.95, value=_default("tau"), step=0.01, elem_id="ito-tau",
+                tau = gr.Slider(0.0, 0.95, value=D["tau"], step=0.01, elem_id="ito-tau",
                                 label="Mask threshold tau")
-                mask_seeds = gr.Slider(1, 32, value=_default("mask_seeds"), step=1, elem_id="ito-seeds",
+                mask_seeds = gr.Slider(1, 32, value=D["mask_seeds"], step=1, elem_id="ito-seeds",
                                        label="Mask seeds n")
-                mask_ratio = gr.Slider(0.05, 1.0, value=_default("mask_encode_ratio"), step=0.05,
+                mask_ratio = gr.Slider(0.05, 1.0, value=D["mask_encode_ratio"], step=0.05,
                                        elem_id="ito-mask-ratio", label="Mask encoding ratio",
                                        info="how far each mask seed is noised before denoising (DiffEdit's 0.5)")
-                steps = gr.Slider(2, 100, value=_default("steps"), step=1, elem_id="ito-steps", label="DDIM steps")
-                cfg = gr.Slider(1.0, 20.0, value=_default("cfg"), step=0.5, elem_id="ito-cfg",
+                steps = gr.Slider(2, 100, value=D["steps"], step=1, elem_id="ito-steps", label="DDIM steps")
+                cfg = gr.Slider(1.0, 20.0, value=D["cfg"], step=0.5, elem_id="ito-cfg",
                                 label="Guidance scale (CFG)")
-                control_scale = gr.Slider(0.0, 2.0, value=_default("control_scale"), step=0.05,
+                control_scale = gr.Slider(0.0, 2.0, value=D["control_scale"], step=0.05,
                                           elem_id="ito-control-scale", label="ControlNet scale")
-                resolution = gr.Slider(64, 1024, value=512, step=64, elem_id="ito-resolution",
+                resolution = gr.Slider(64, 1024, value=D["resolution"], step=64, elem_id="ito-resolution",
                                        label="Resolution (longest side)",
                                        info="set it before the photo: the scribble and pose are read at this size")
+                C.quick_defaults_note(runner, ito)
             seed = C.seed_row()
             reread = gr.Button("Reset scribble, pose and caption from the photo", size="sm",
                                elem_id="ito-reread")

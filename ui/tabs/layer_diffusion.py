@@ -39,6 +39,7 @@ def auto_split(text: str):
 
 
 def build(runner) -> None:
+    D = runner.defaults(LD)
     gr.Markdown("Change what a subject does and where it is, together (Li et al., *LayerDiffusion*, 2023). "
                 "The text is split into the subject part and the background part; the background comes from a "
                 "reference image, the photo itself, or an image generated from the background text. The method "
@@ -69,14 +70,15 @@ def build(runner) -> None:
                                 elem_id="ld-lambda2")
             num_results = gr.Slider(1, 4, value=1, step=1, label="Results")
             with gr.Accordion("Advanced", open=False):
-                embed_steps = gr.Slider(1, LD.MAX_EMBED_STEPS, value=500, step=1,
+                embed_steps = gr.Slider(1, LD.MAX_EMBED_STEPS, value=D["embed_steps"], step=1,
                                         label="Embedding optimisation steps (Eq. 2, lr 1e-3)")
-                tune_steps = gr.Slider(1, LD.MAX_TUNE_STEPS, value=250, step=1, label="Fine-tuning steps (Eq. 4-6)")
-                steps = gr.Slider(1, LD.MAX_STEPS, value=50, step=1, label="Sampling steps (iterative guidance, Eq. 8)")
+                tune_steps = gr.Slider(1, LD.MAX_TUNE_STEPS, value=D["tune_steps"], step=1, label="Fine-tuning steps (Eq. 4-6)")
+                steps = gr.Slider(1, LD.MAX_STEPS, value=D["steps"], step=1, label="Sampling steps (iterative guidance, Eq. 8)")
                 lora_rank = gr.Slider(1, 64, value=4, step=1, label="LoRA rank")
                 full = gr.Checkbox(False, label="Full fine-tune (a private copy of the whole UNet; large GPUs only)")
                 cfg = gr.Slider(1.0, 20.0, value=7.5, step=0.5, label="Guidance scale (CFG)")
-                resolution = gr.Slider(64, 1024, value=512, step=64, label="Resolution (longest side)")
+                resolution = gr.Slider(64, 1024, value=D["resolution"], step=64, label="Resolution (longest side)")
+                C.quick_defaults_note(runner, LD)
             seed = C.seed_row()
             button, stop = C.run_buttons("ld")
         with gr.Column():

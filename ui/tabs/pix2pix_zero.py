@@ -24,6 +24,7 @@ def words_for(label: str):
 
 
 def build(runner) -> None:
+    D = runner.defaults(pix2pix_zero)
     gr.Markdown("Edit along a direction such as *cat → dog* without writing a prompt (Parmar et al., "
                 "*Zero-shot Image-to-Image Translation*, 2023). The photo is captioned, inverted to noise and "
                 "rebuilt; the edit follows the direction while cross-attention guidance keeps the rebuilt "
@@ -47,14 +48,15 @@ def build(runner) -> None:
             xa_guidance = gr.Slider(0.0, 0.5, value=0.1, step=0.01, elem_id="p2pz-xa",
                                     label="Cross-attention guidance λ_xa (keeps the structure; 0 = off)")
             with gr.Accordion("Advanced", open=False):
-                steps = gr.Slider(10, 200, value=50, step=1, label="DDIM steps (inversion, reconstruction, edit)",
+                steps = gr.Slider(10, 200, value=D["steps"], step=1, label="DDIM steps (inversion, reconstruction, edit)",
                                   elem_id="p2pz-steps")
                 cfg = gr.Slider(1.0, 15.0, value=5.0, step=0.5, label="Guidance scale (CFG) of the edit")
                 reg_lambda = gr.Slider(0.0, 100.0, value=20.0, step=1.0,
                                        label="Noise regularisation λ (L_auto = L_pair + λ L_KL)")
                 reg_iters = gr.Slider(0, 20, value=5, step=1, label="Regularisation iterations per inversion step")
-                resolution = gr.Slider(64, 1024, value=512, step=64, label="Resolution (longest side)",
+                resolution = gr.Slider(64, 1024, value=D["resolution"], step=64, label="Resolution (longest side)",
                                        elem_id="p2pz-resolution")
+                C.quick_defaults_note(runner, pix2pix_zero)
             seed = C.seed_row()
             button, stop = C.run_buttons("p2pz")
         with gr.Column():

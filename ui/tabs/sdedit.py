@@ -13,6 +13,7 @@ API_NAME = "sdedit"
 
 
 def build(runner) -> None:
+    D = runner.defaults(sdedit)
     gr.Markdown("Noise the photo part-way and denoise it towards the prompt (Meng et al., *SDEdit*, 2022). "
                 "Paint or select a region to change only that region; select nothing to edit the whole photo.")
     with gr.Row():
@@ -24,10 +25,11 @@ def build(runner) -> None:
             strength = gr.Slider(0.05, 1.0, value=0.7, step=0.05, label="Strength (how far to noise the photo)")
             num_results = gr.Slider(1, 4, value=1, step=1, label="Results")
             with gr.Accordion("Advanced", open=False):
-                steps = gr.Slider(1, 200, value=50, step=1, label="DDIM steps")
+                steps = gr.Slider(1, 200, value=D["steps"], step=1, label="DDIM steps")
                 cfg = gr.Slider(1.0, 20.0, value=7.5, step=0.5, label="Guidance scale (CFG)")
                 negative = gr.Textbox(label="Negative prompt", value="")
-                resolution = gr.Slider(64, 1024, value=512, step=64, label="Resolution (longest side)")
+                resolution = gr.Slider(64, 1024, value=D["resolution"], step=64, label="Resolution (longest side)")
+                C.quick_defaults_note(runner, sdedit)
             seed = C.seed_row()
             button, stop = C.run_buttons("sdedit")
         with gr.Column():
