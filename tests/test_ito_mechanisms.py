@@ -29,8 +29,6 @@ from PIL import Image, ImageDraw
 from engine.core import conditions as K
 from engine.core import ito_inputs as I
 from engine.core import sampling as S
-from engine.core.ito_mask import gaussian_blur
-from engine.core.ito_optim import guidance_loss, preservation_loss
 from engine.methods import ito
 
 BASE = dict(caption="a cat on grass", prompt="a red sports car", resolution=64, mask_seeds=2, cfg=7.5)
@@ -130,10 +128,10 @@ def _reference_update(y, x_t, g_t, keep, lam, k, lr):
     """Eq. 6 with torch.optim.Adam normalising each loss's gradient (ito_optim's docstring)."""
     z = y.clone()
     terms = []
-    if lam > 0:
-        terms.append((lam, lambda v: preservation_loss(v, x_t, keep)))
-    if g_t is not None and lam < 1:
-        terms.append((1 - lam, lambda v: guidance_loss(v, g_t)))
+    if lam > 0:  # Eq. 4: squared distance to x_t where the mask keeps the photo
+        terms.append((lam, lambda v: ((keep * (v - x_t)) ** 2).sum()))
+    if g_t is not None and lam < 1:  # Eq. 5: 1 - cosine similarity with g_t
+        terms.append((1 - lam, lambda v: 1 - (v * g_t).sum() / (v.norm() * g_t.norm())))
     shadows = [torch.zeros_like(z, requires_grad=True) for _ in terms]
     opts = [torch.optim.Adam([s], lr=1.0) for s in shadows]
     for _ in range(k):
@@ -256,6 +254,15 @@ def test_guidance_starts_from_noise_and_the_edit_from_the_inversion(tiny_models,
 
 
 # -- Eq. 7: the mask ---------------------------------------------------------------------------------------------
+def _blur(m, sigma):
+    """Gaussian smoothing (replicate borders), written here as a reference."""
+    r = max(1, int(round(3 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=m.dtype)
+    k1 = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    k2 = (k1[:, None] * k1[None, :]) / k1.sum() ** 2
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(m, (r, r, r, r), mode="replicate"), k2[None, None])
+
+
 def _reference_mask(models, photo, caption, prompt, n, tau, seed, steps, mask_ratio=0.5):
     """Eq. 7 written out per seed (no batching): x_E(s_i) = SDEdit noise of x_0; DDIM under C_0 and under
     C_EDIT to the last step; mean over seeds of |eps_EDIT - eps_0|, smoothed, normalised, > tau."""
@@ -276,7 +283,7 @@ def _reference_mask(models, photo, caption, prompt, n, tau, seed, steps, mask_ra
                     x = S.ddim_step(sched, eps, t, x)
             last.append(eps)
         total += (last[1] - last[0]).abs().mean(dim=1, keepdim=True)
-    soft = gaussian_blur(total / n, ito.MASK_SIGMA)
+    soft = _blur(total / n, ito.MASK_SIGMA)
     return (soft / soft.max() > tau).float(), soft / soft.max()
 
 
