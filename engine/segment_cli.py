@@ -9,6 +9,11 @@
   click mask and the text mask are joined (union); points alone need no text.
 report.json: {"method", "profile", "text", "points", "boxes": [{"box", "score", "label"}],
 "message", "coverage", "seconds": {"total", ...}, "files": {...}}.
+
+Guarded by tests/test_segment.py (test_cli_box_threshold_reaches_grounding_dino,
+test_cli_negative_click_and_union_of_text_and_clicks, test_cli_writes_mask_overlay_and_report) and,
+as a real `python -m engine segment` subprocess with and without --method, by
+tests/test_readme_cli.py::test_readme_command_runs.
 """
 from __future__ import annotations
 

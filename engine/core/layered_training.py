@@ -12,6 +12,13 @@ fp16 models: the loss is multiplied by a constant before `backward` so small gra
 underflow in half precision. Adam's update m / sqrt(v) does not change when every gradient is
 multiplied by the same constant, so no unscaling is needed; a step whose gradients overflow is
 skipped.
+
+Guarded through LayerDiffusion's `run` by tests/test_layer_diffusion_mechanisms.py: Eq. 1
+(`noised_batch`) by test_eq1_training_inputs_are_the_noised_photo_and_reference; Eq. 2, 4, 5
+(`masked_mse`, which embedding and mask meet which image) by
+test_eq2_eq4_eq5_losses_are_masked_losses_of_the_right_image_text_and_region; Eq. 3 (`interpolate`)
+by test_eq3_eq8_sampling_alternates_optimised_e_a_and_e_opt_linear_in_alpha; Eq. 6 by
+test_eq6_loss_weights_choose_the_region_the_fine_tuning_fits.
 """
 from __future__ import annotations
 

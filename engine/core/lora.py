@@ -9,6 +9,12 @@ attention processors are exactly what they were before.
 
 Adapter weights stay in float32 even on an fp16 model: lr 1e-4 steps on fp16 weights would
 round away.
+
+Guarded by tests/test_layer_diffusion.py: test_run_contract_and_determinism and
+test_failed_or_cancelled_run_leaves_the_unet_untouched (the UNet's weights, modules, processors,
+flags and requires_grad are identical after a run, a failed run and a cancelled one),
+test_overlapping_adapters_are_both_removed; that the adapter takes part in sampling while it
+lives: test_the_fine_tuned_unet_samples_and_an_untrained_one_changes_nothing.
 """
 from __future__ import annotations
 

@@ -11,6 +11,19 @@ that matches nothing is not an error but an empty mask and a message.
 SAM's image encoder is the expensive part; its output is cached per photo (sha1 of the
 pixels + size, per model) in a small locked LRU, so a new click on the same photo runs
 only the prompt encoder and mask decoder.
+
+Mechanisms and their guarding tests (tests/test_segment.py; breakages in tests/mutants/m_segment.py):
+- Grounded-SAM: SAM's box prompts are GroundingDINO's boxes for the phrase, moved into SAM's
+  resized input frame, and the mask is the union of their masks:
+  test_grounded_sam_prompts_sam_with_grounding_dinos_boxes,
+  test_mask_of_several_boxes_is_the_union_of_their_masks.
+- The box threshold keeps exactly the boxes scoring above it, also through grounded_sam:
+  test_grounded_sam_box_threshold_keeps_exactly_the_boxes_above_it,
+  test_box_threshold_zero_finds_boxes_and_one_finds_none.
+- SAM clicks: a negative click reaches SAM as label 0 and changes its answer:
+  test_negative_clicks_reach_sam_as_background_labels.
+- CLIPSeg: the mask is sigmoid(logits), resized (not stretched to [0, 1]):
+  test_clipseg_mask_is_the_sigmoid_of_its_logits.
 """
 from __future__ import annotations
 

@@ -20,6 +20,27 @@ reference and the final sampling alike.
 Fine-tuning learning rate: the paper's 2e-6 is for the full UNet. A LoRA update starts at zero
 and moves only a low-rank product, so 2e-6 would leave it almost unchanged in 250 steps; the
 default for LoRA is 1e-4 (the usual LoRA rate) and 2e-6 for the full fine-tune.
+
+Mechanisms and the tests that guard them through `run` (tests/test_layer_diffusion_mechanisms.py
+unless marked; breakages in tests/mutants/m_layer_diffusion.py):
+- Eq. 1, training inputs x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps of [photo, reference]:
+  test_eq1_training_inputs_are_the_noised_photo_and_reference.
+- Eq. 2, e_a on the photo's subject M_t, e_b on the reference's background 1 - M_r, masked loss,
+  both optimised: test_eq2_eq4_eq5_losses_are_masked_losses_of_the_right_image_text_and_region
+  (first losses equal the loss written out with hand-made masks and the text encoder's e_a, e_b),
+  test_eq3_eq8_sampling_alternates_optimised_e_a_and_e_opt_linear_in_alpha (e_a, e_b moved);
+  test_both_optimisation_losses_fall (test_layer_diffusion.py).
+- Eq. 3, e_opt = alpha e_a + (1 - alpha) e_b: test_eq3_eq8_... (two alphas give one e_b);
+  test_alpha_one_gives_e_opt_equal_e_a, test_interpolation_eq3 (test_layer_diffusion.py).
+- Eq. 4-5, fine-tuning at e_opt on M_t of the photo and 1 - M_r of the reference:
+  test_eq2_eq4_eq5_... (first fine-tuning losses).
+- Eq. 6, lambda1 L_obj + lambda2 L_bg: test_eq6_loss_weights_choose_the_region_the_fine_tuning_fits.
+- Eq. 8, e_a when t is even, e_opt when odd, optimised embeddings: test_eq3_eq8_...,
+  test_iterative_guidance_alternates_e_a_and_e_opt (test_layer_diffusion.py).
+- The fine-tuned UNet samples (LoRA or private copy), an untrained one changes nothing:
+  test_the_fine_tuned_unet_samples_and_an_untrained_one_changes_nothing.
+- Adapters removed, also on failure or cancel: test_run_contract_and_determinism,
+  test_failed_or_cancelled_run_leaves_the_unet_untouched (test_layer_diffusion.py).
 """
 from __future__ import annotations
 
