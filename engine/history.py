@@ -28,6 +28,12 @@ IMAGE_CHUNKS = {"image": INPUT_CHUNK, "mask": MASK_CHUNK, "subject_mask": MASK_C
                 "scribble_source": "des-scribble-source", "reference": "des-reference",
                 "reference_mask": "des-reference-mask"}
 MASK_FIELDS = ("mask", "subject_mask", "reference_mask")
+# A mask image may carry, in its `info` under this key, the editor state that made it: the painted
+# layer (an L image or None) and the settings {"grow", "feather", "invert", "whole_image"} (the UI's
+# mask editor puts it there). Saved as JSON, the layer in base64, so History restores the editor
+# itself and not only the mask it produced (a feathered mask does not survive a binary brush layer).
+EDITOR_STATE = "des-editor"
+EDITOR_FIELDS = ("mask", "subject_mask")  # the photo's own editor (LayerDiffusion's reference has its own)
 FORMAT_VERSION = 1
 
 
@@ -63,7 +69,8 @@ def _from_b64(text: str) -> Image.Image:
 def save(result: EditResult, method: str, profile: str, models: dict, folder: Optional[Path] = None,
          inputs=None) -> list[Path]:
     """Write each result image with its settings (and the input photo and mask, so the PNG alone
-    reproduces the result); returns the paths, in a new run folder."""
+    reproduces the result); returns the paths, in a new run folder, and records them on the result
+    as `result.saved_paths` (the UI's results gallery serves these files, settings included)."""
     folder = Path(folder) if folder else outputs_dir()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = folder / f"{stamp}-{re.sub(r'[^a-z0-9-]', '', method.lower())}-{uuid.uuid4().hex[:6]}"
@@ -77,6 +84,15 @@ def save(result: EditResult, method: str, profile: str, models: dict, folder: Op
             mode = "L" if name in MASK_FIELDS else "RGB" if name == "image" else \
                 "RGBA" if value.mode in ("RGBA", "LA", "P") else "RGB"
             extra[chunk] = _png_b64(value.convert(mode))
+    for name in EDITOR_FIELDS:
+        value = getattr(inputs, name, None)
+        state = value.info.get(EDITOR_STATE) if isinstance(value, Image.Image) else None
+        if isinstance(state, dict) and EDITOR_STATE not in extra:
+            painted = state.get("painted")
+            extra[EDITOR_STATE] = json.dumps(
+                {"grow": state.get("grow", 0), "feather": state.get("feather", 0),
+                 "invert": bool(state.get("invert")), "whole_image": bool(state.get("whole_image")),
+                 "painted": _png_b64(painted.convert("L")) if isinstance(painted, Image.Image) else None})
     for i, img in enumerate(result.images):
         info = PngImagePlugin.PngInfo()
         info.add_itxt(CHUNK, json.dumps(dict(settings, result_index=i)))
@@ -86,6 +102,10 @@ def save(result: EditResult, method: str, profile: str, models: dict, folder: Op
         path = run_dir / f"result_{i}.png"
         img.save(path, pnginfo=info)
         paths.append(path)
+    try:
+        result.saved_paths = list(paths)
+    except AttributeError:  # a frozen or slotted result type: the caller still has the paths
+        pass
     return paths
 
 
@@ -116,6 +136,24 @@ def read_images(source) -> dict[str, Image.Image]:
             except Exception:  # a damaged chunk loses that input, not the settings
                 pass
     return out
+
+
+def read_editor_state(source) -> Optional[dict]:
+    """The mask editor state saved with a result (see EDITOR_STATE): {"grow", "feather", "invert",
+    "whole_image", "painted": L image or None}, or None when the PNG has none (older results, or a
+    method whose mask came from elsewhere)."""
+    img = source if isinstance(source, Image.Image) else Image.open(source)
+    text = (getattr(img, "text", None) or {}).get(EDITOR_STATE)
+    if not text:
+        return None
+    try:
+        state = json.loads(text)
+        painted = state.get("painted")
+        return {"grow": int(state.get("grow") or 0), "feather": int(state.get("feather") or 0),
+                "invert": bool(state.get("invert")), "whole_image": bool(state.get("whole_image")),
+                "painted": _from_b64(painted) if painted else None}
+    except Exception:  # a damaged chunk: restore the mask alone, as for older results
+        return None
 
 
 def recent(folder: Optional[Path] = None, limit: int = 24) -> list[Path]:

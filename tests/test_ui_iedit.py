@@ -61,8 +61,7 @@ def _closest(path, arrays) -> int:
 
 def _edit(client, tmp_path, **kw):
     args = dict(editor=_payload(tmp_path), grow=0, feather=0, invert=False, whole=False,
-                prompt="a photo of a tiger", term="cat", mask_from="Brush (the mask painted on the photo)",
-                strength=0.7, checkpoint="", num_results=4, steps=3, cfg=7.5, threshold=0.5, resolution=96,
+                prompt="a photo of a tiger", term="cat", strength=0.7, checkpoint="", num_results=4, steps=3, cfg=7.5, threshold=0.5, resolution=96,
                 seed=11)
     args.update(kw)
     return client.predict(*args.values(), api_name="/iedit")
@@ -86,14 +85,43 @@ def test_checkpoint_from_training_loads_into_the_tab(client, checkpoint, tmp_pat
     assert details["params"]["mode"] == "fine-tuned" and "fine-tuned iEdit" in badge and len(results) == 1
 
 
-def test_clipseg_term(client, tmp_path):
-    _, _, _, details, _, _ = _edit(client, tmp_path, editor=_payload(tmp_path, painted=False),
-                                   mask_from="CLIPSeg (edit term)", threshold=0.0, num_results=1)
-    assert details["params"]["mask_source"] == "clipseg" and details["params"]["mask_coverage"] == 1.0
+def _fill(client, editor, term="cat", method="CLIPSeg", threshold=0.0):
+    """'Mask the edit term': CLIPSeg (or Grounded-SAM) of the term, painted into the photo's editor."""
+    return client.predict(editor, term, method, 0.3, 0.25, threshold, False, 0, 0, False, False,
+                          api_name="/iedit_fill_mask")
+
+
+def _as_payload(value):
+    from gradio_client import handle_file
+
+    return {"background": handle_file(value["background"]), "composite": handle_file(value["composite"]),
+            "layers": [handle_file(v) for v in value["layers"]]}
+
+
+def test_the_edit_term_fills_the_mask_on_screen_and_the_edit_uses_it(client, tmp_path):
+    value, overlay, status, message, clicks = _fill(client, _payload(tmp_path, painted=False))
+    assert message.startswith("CLIPSeg: 100.0%") and "whole photo" in status  # threshold 0: everything
+    _, _, _, details, _, _ = _edit(client, tmp_path, editor=_as_payload(value), num_results=1)
+    assert details["params"]["mask_source"] == "brush" and details["params"]["mask_coverage"] == 1.0
+
+
+def test_the_painted_mask_is_the_one_used(client, tmp_path):
+    """The left half is painted: the edit uses exactly that, whatever CLIPSeg would find for the term."""
+    _, _, _, details, _, _ = _edit(client, tmp_path, num_results=1, resolution=64)
+    assert details["params"]["mask_source"] == "brush"
+    assert details["params"]["mask_coverage"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_nothing_on_screen_is_refused_and_names_the_fill_button(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Mask the edit term"):
+        _edit(client, tmp_path, editor=_payload(tmp_path, painted=False), num_results=1)
+    value, _, status, message, _ = _fill(client, _payload(tmp_path, painted=False), threshold=1.0)
+    assert "Nothing in the photo scored above the CLIPSeg threshold 1" in message and "Nothing selected" in status
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"mask_from": "CLIPSeg (edit term)", "threshold": 1.0}, "CLIPSeg did not find 'cat'"),
     ({"editor": None}, "Upload a photo"),
     ({"prompt": ""}, "edit prompt is empty"),
     ({"checkpoint": "/nowhere/iedit"}, "no checkpoint at"),
@@ -101,7 +129,5 @@ def test_clipseg_term(client, tmp_path):
 def test_bad_input_is_a_readable_error(client, tmp_path, kw, message):
     from gradio_client.exceptions import AppError
 
-    if kw.get("mask_from", "").startswith("CLIPSeg"):
-        kw["editor"] = _payload(tmp_path, painted=False)
     with pytest.raises(AppError, match=message):
         _edit(client, tmp_path, num_results=1, **kw)

@@ -34,6 +34,11 @@ MAX_FEATHER = 256      # px; the slider shows 0..64
 METHODS = ("Grounded-SAM", "CLIPSeg")
 CLICK_MODES = ("object", "background")
 ERROR_TITLE = "Please check the mask"
+PHOTO_TITLE = "Please check the photo"
+CANVAS_SIZE = (64, 64)  # the editor's empty canvas: what it sends as the "photo" when painted before an upload
+UPLOAD_MAX_SIDE = 1024  # larger uploads are downscaled on arrival (every method works at 512 px or less)
+PAINT_FIRST = ("Upload a photo first: the brush paints the region to edit on a photo, and there is no photo "
+               "under these strokes.")
 NOTHING_SELECTED = ("Nothing is selected: paint the region on the photo, select it by text, click it "
                     "on the preview, or tick 'Use the whole image'.")
 
@@ -65,6 +70,15 @@ def _layer_values(layer: Image.Image) -> np.ndarray:
     return M.mask_from_image(layer)
 
 
+def _blank_canvas(image: Image.Image) -> bool:
+    """The editor's own empty canvas (CANVAS_SIZE, one flat colour), which it sends as the
+    background when the brush is used before any photo was uploaded."""
+    if image.size != CANVAS_SIZE:
+        return False
+    extrema = image.convert("RGBA").getextrema()
+    return all(lo == hi for lo, hi in extrema)
+
+
 def read_editor(value) -> tuple[Optional[Image.Image], Optional[np.ndarray]]:
     """ImageEditor value -> (RGB photo or None, painted mask {0,1} float32 at photo size or None).
 
@@ -83,7 +97,13 @@ def read_editor(value) -> tuple[Optional[Image.Image], Optional[np.ndarray]]:
         background = value.get("composite")
     if background is None:
         return None, None
-    photo = _photo_rgb(_as_pil(background))
+    background = _as_pil(background)
+    if _blank_canvas(background):  # painted before any photo was uploaded
+        if any(layer is not None and _layer_values(_as_pil(layer)).max() >= ALPHA_THRESHOLD
+               for layer in value.get("layers") or []):
+            raise gr.Error(PAINT_FIRST, title=PHOTO_TITLE, print_exception=False)
+        return None, None
+    photo = _photo_rgb(background)
     painted = None
     for layer in value.get("layers") or []:
         if layer is None:
@@ -132,8 +152,10 @@ def resolve_mask(editor_value, grow_px=0, feather_px=0, invert=False, whole_imag
         if required:
             raise gr.Error("Upload a photo first.", title=ERROR_TITLE, print_exception=False)
         return None, None
+    state = {"grow": grow_px, "feather": feather_px, "invert": bool(invert), "whole_image": bool(whole_image),
+             "painted": None if painted is None or M.is_empty(painted) else M.to_pil(painted)}
     if whole_image:
-        return photo, Image.new("L", photo.size, 255)
+        return photo, _with_state(Image.new("L", photo.size, 255), state)
     mask = painted if painted is not None else M.empty(photo.size)
     if invert:
         mask = M.invert(mask)
@@ -142,7 +164,16 @@ def resolve_mask(editor_value, grow_px=0, feather_px=0, invert=False, whole_imag
         if required:
             raise gr.Error(NOTHING_SELECTED, title=ERROR_TITLE, print_exception=False)
         return photo, None
-    return photo, M.to_pil(mask)
+    return photo, _with_state(M.to_pil(mask), state)
+
+
+def _with_state(mask: Image.Image, state: dict) -> Image.Image:
+    """The mask, carrying the editor state it came from (engine.history.EDITOR_STATE) so a saved
+    result restores the painted layer and the four settings, not only the mask they made."""
+    from engine.history import EDITOR_STATE
+
+    mask.info[EDITOR_STATE] = state
+    return mask
 
 
 def describe(photo: Optional[Image.Image], mask: Optional[Image.Image]) -> str:
@@ -266,6 +297,13 @@ class MaskEditor:
     message: gr.Markdown  # what the last text or click selection found
     status: gr.Markdown   # what the mask on screen covers
     base: Any  # gr.State: the mask before the current set of clicks (for "add")
+    key: Any = None     # gr.State: which photo the editor holds (its hash), to tell a new photo from a re-sent one
+    intake: Any = None  # hidden gr.Textbox: the browser reports a file it could not open as an image here
+
+    @property
+    def settings(self) -> list:
+        """[grow, feather, invert, whole_image]: what History restores with the photo and its layer."""
+        return [self.grow, self.feather, self.invert, self.whole_image]
 
     @property
     def inputs(self) -> list:
@@ -285,7 +323,7 @@ def mask_editor(runner, prefix: str, label: str = "Photo: paint the region (whit
             eraser=gr.Eraser(default_size=24), layers=False, transforms=(), height=height,
             # Gradio 6.31 centres a layer set from Python in the initial canvas: a small canvas
             # keeps text/click selections aligned with the photo.
-            canvas_size=(64, 64), elem_id=f"{prefix}-photo")
+            canvas_size=CANVAS_SIZE, elem_id=f"{prefix}-photo")
         with gr.Row(equal_height=True):
             text = gr.Textbox(label="Select by text", placeholder="the dog on the left", scale=4,
                               elem_id=f"{prefix}-select-text")
@@ -324,23 +362,104 @@ def mask_editor(runner, prefix: str, label: str = "Photo: paint the region (whit
                     invert = gr.Checkbox(False, label="Invert", elem_id=f"{prefix}-invert")
                     whole_image = gr.Checkbox(False, label="Use the whole image",
                                               elem_id=f"{prefix}-whole-image")
+        # Rendered but hidden: the page's intake script (INTAKE_JS) writes into it when the browser cannot
+        # open a chosen file as an image; the editor itself then stays empty and tells Python nothing.
+        intake = gr.Textbox(visible="hidden", label="Upload problems", elem_classes=["des-intake"],
+                            elem_id=f"{prefix}-intake")
     base = gr.State(None)
+    key = gr.State("")
     me = MaskEditor(editor, text, select, method, add, box_threshold, text_threshold, clipseg_threshold,
                     shown, click_mode, clicks, clear_clicks, clear_mask, grow, feather, invert, whole_image,
-                    message, status, base)
+                    message, status, base, key, intake)
     _wire(runner, prefix, me)
+    _install_intake_script()
+    registry = getattr(runner, "mask_editors", None)
+    if registry is None:
+        registry = runner.mask_editors = {}
+    registry[editor._id] = me  # History finds an editor's settings from the editor
     return me
 
 
-def _wire(runner, prefix: str, me: MaskEditor) -> None:
-    settings = [me.grow, me.feather, me.invert, me.whole_image]
+# -- intake: what an upload must be ----------------------------------------------------------------
 
-    def _combine(photo, painted, mask, add, base=None):
-        """The new layer: the selection, joined to the earlier mask when "add" is ticked."""
-        prior = base if base is not None else painted
-        if add and prior is not None and prior.shape == mask.shape:
-            mask = M.union([prior, mask])
-        return mask
+INTAKE_JS = """
+() => {
+  if (window.__desIntake) return;
+  window.__desIntake = true;
+  // A file the browser cannot decode never reaches Python (the editor silently stays empty):
+  // say so through the editor's hidden intake box, whose input event Python answers with a warning.
+  document.addEventListener('change', async (event) => {
+    const input = event.target;
+    if (!(input instanceof HTMLInputElement) || input.type !== 'file' || !input.files) return;
+    const host = input.closest('.mask-editor');
+    const relay = host && host.querySelector('.des-intake textarea, .des-intake input');
+    if (!relay) return;
+    for (const file of Array.from(input.files)) {
+      try {
+        const bitmap = await createImageBitmap(file);
+        bitmap.close();
+      } catch (err) {
+        relay.value = JSON.stringify({name: file.name, size: file.size, type: file.type, at: Date.now()});
+        relay.dispatchEvent(new Event('input', {bubbles: true}));
+      }
+    }
+  }, true);
+}
+"""
+
+
+def _install_intake_script() -> None:
+    """Run INTAKE_JS once when the page loads (once per app, however many editors it has)."""
+    from gradio.context import Context
+
+    root = Context.root_block
+    if root is None or getattr(root, "_des_intake", False):
+        return
+    root._des_intake = True
+    root.load(None, None, None, js=INTAKE_JS, api_name=False, queue=False)
+
+
+def unreadable_message(report: str) -> str:
+    """The intake box's report of a file the browser could not open -> one readable line."""
+    import json
+
+    try:
+        name = str(json.loads(report).get("name") or "the file")
+    except (ValueError, TypeError, AttributeError):
+        name = "the file"
+    return (f"'{name}' is not an image this studio can read (PNG, JPEG, WebP, GIF or BMP): nothing was "
+            "loaded. Choose a photo file.")
+
+
+def intake(photo: Image.Image) -> tuple[Optional[Image.Image], str]:
+    """An uploaded photo -> (the photo to keep, a note), or (None, why it is refused).
+
+    Too small (a side under engine.core.image.MIN_SIDE) is refused; larger than UPLOAD_MAX_SIDE on
+    its longest side is downscaled (every method works at 512 px or less, and a 12-megapixel photo
+    would make every preview and brush stroke take tens of seconds)."""
+    from engine.core.image import MIN_SIDE
+
+    w, h = photo.size
+    if min(w, h) < MIN_SIDE:
+        return None, (f"This photo is {w}x{h} pixels; each side must be at least {MIN_SIDE} px. "
+                      "Upload a larger photo.")
+    if max(w, h) > UPLOAD_MAX_SIDE:
+        scale = UPLOAD_MAX_SIDE / max(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        return photo.resize(size, Image.Resampling.LANCZOS), (
+            f"The photo was {w}x{h}; it was downscaled to {size[0]}x{size[1]} on upload "
+            f"(every method works at {UPLOAD_MAX_SIDE} px or less).")
+    return photo, ""
+
+
+def photo_key(photo: Optional[Image.Image]) -> str:
+    from engine.core.image import image_hash
+
+    return "" if photo is None else image_hash(photo.convert("RGB"))
+
+
+def _select_text(runner):
+    """The text selection (Grounded-SAM or CLIPSeg) that writes its mask into the editor's layer."""
 
     def select_text(editor, text, method, box_thr, text_thr, clip_thr, add, grow, feather, invert,
                     whole, request: gr.Request, progress=gr.Progress()):
@@ -352,8 +471,41 @@ def _wire(runner, prefix: str, me: MaskEditor) -> None:
         message = message[:1].upper() + message[1:]
         if M.is_empty(mask):
             gr.Warning(message)
-        value = editor_value(photo, _combine(photo, painted, mask, add))
+        value = editor_value(photo, _combine(painted, mask, add))
         return (value, *preview(value, grow, feather, invert, whole), message, "", None)
+
+    return select_text
+
+
+def _combine(painted, mask, add, base=None):
+    """The new layer: the selection, joined to the earlier mask when "add" is ticked."""
+    prior = base if base is not None else painted
+    if add and prior is not None and prior.shape == mask.shape:
+        mask = M.union([prior, mask])
+    return mask
+
+
+def fill_from_text(runner, me: MaskEditor, triggers: list, text, method, clipseg_threshold, api_name: str):
+    """Wire `triggers` to select the words in `text` (a component) with `method` (a component whose
+    value is one of METHODS) into `me`'s layer, with `clipseg_threshold` (a component) and the
+    editor's own Grounded-SAM thresholds: a tab's own words (iEdit's edit term) fill the one mask
+    on screen instead of making a second, hidden one."""
+    select = _select_text(runner)
+
+    def fill(editor, text, method, box_thr, text_thr, clip_thr, add, grow, feather, invert, whole,
+             request: gr.Request, progress=gr.Progress()):
+        if not (text or "").strip():
+            raise gr.Error("Type the words to select first.", title=ERROR_TITLE, print_exception=False)
+        return select(editor, text, method, box_thr, text_thr, clip_thr, add, grow, feather, invert, whole,
+                      request=request, progress=progress)
+
+    inputs = [me.editor, text, method, me.box_threshold, me.text_threshold, clipseg_threshold, me.add, *me.settings]
+    return gr.on(triggers, fill, inputs, [me.editor, me.preview, me.status, me.message, me.clicks, me.base],
+                 api_name=api_name, concurrency_id="gpu", show_progress_on=[me.preview])
+
+
+def _wire(runner, prefix: str, me: MaskEditor) -> None:
+    settings = me.settings
 
     def add_click(editor, clicks, mode, base, evt: gr.SelectData):
         photo, painted = read_editor(editor)
@@ -376,7 +528,7 @@ def _wire(runner, prefix: str, me: MaskEditor) -> None:
         message = message[:1].upper() + message[1:]
         if M.is_empty(mask):
             gr.Warning(message)
-        value = editor_value(photo, _combine(photo, painted, mask, add, base))
+        value = editor_value(photo, _combine(painted, mask, add, base))
         return (value, *preview(value, grow, feather, invert, whole), message)
 
     def clear(editor, grow, feather, invert, whole):
@@ -386,10 +538,48 @@ def _wire(runner, prefix: str, me: MaskEditor) -> None:
         value = editor_value(photo, M.empty(photo.size))
         return (value, *preview(value, grow, feather, invert, whole), "", "", None)
 
+    def uploaded(editor, grow, feather, invert, whole, key):
+        """A photo arrived. Gradio 6.31's editor also fires "upload" when Python sets its value (after
+        every selection) and when it re-mounts: the same photo keeps the clicks, the selection message
+        and the click base; only a new photo starts afresh. Too small: refused; too large: downscaled."""
+        keep = gr.update()
+        try:
+            photo, _ = read_editor(editor)
+        except gr.Error as exc:
+            gr.Warning(exc.message)
+            return keep, None, f"**{exc.message}**", keep, keep, keep, keep
+        if photo is None:
+            return keep, *preview(editor, grow, feather, invert, whole), keep, keep, keep, keep
+        new_key = photo_key(photo)
+        if new_key == key:  # the photo the editor already held: nothing the user did is undone
+            return keep, *preview(editor, grow, feather, invert, whole), keep, keep, keep, keep
+        kept, note = intake(photo)
+        if kept is None:
+            gr.Warning(note)
+            return None, None, describe(None, None), f"**{note}**", "", None, ""
+        if kept is not photo:
+            gr.Info(note)
+            value = {"background": kept.convert("RGBA"), "layers": [], "composite": kept.convert("RGBA")}
+            return (value, *preview(value, grow, feather, invert, whole), note, "", None, photo_key(kept))
+        return keep, *preview(editor, grow, feather, invert, whole), note, "", None, new_key
+
+    def unreadable(report):
+        if not (report or "").strip():
+            return gr.update()
+        message = unreadable_message(report)
+        gr.Warning(message)
+        return f"**{message}**"
+
+    def changed(editor, grow, feather, invert, whole):
+        shown, status = preview(editor, grow, feather, invert, whole)
+        if status == f"**{PAINT_FIRST}**":
+            gr.Warning(PAINT_FIRST)
+        return shown, status
+
     outs = [me.editor, me.preview, me.status, me.message]
     text_inputs = [me.editor, me.text, me.method, me.box_threshold, me.text_threshold, me.clipseg_threshold,
                    me.add, *settings]
-    gr.on([me.select.click, me.text.submit], select_text, text_inputs, outs + [me.clicks, me.base],
+    gr.on([me.select.click, me.text.submit], _select_text(runner), text_inputs, outs + [me.clicks, me.base],
           api_name=f"{prefix}_select_text", concurrency_id="gpu", show_progress_on=[me.preview])
     click_inputs = [me.editor, me.clicks, me.add, *settings, me.base]
     me.preview.select(add_click, [me.editor, me.clicks, me.click_mode, me.base], [me.clicks, me.base],
@@ -401,10 +591,11 @@ def _wire(runner, prefix: str, me: MaskEditor) -> None:
     me.clear_clicks.click(lambda: ("", None), None, [me.clicks, me.base], api_name=False, queue=False)
     me.clear_mask.click(clear, [me.editor, *settings], outs + [me.clicks, me.base], api_name=False,
                         show_progress="hidden")
-    me.editor.upload(lambda *v: (*preview(*v), "", "", None), [me.editor, *settings],
-                     [me.preview, me.status, me.message, me.clicks, me.base], api_name=False,
+    me.editor.upload(uploaded, [me.editor, *settings, me.key],
+                     [me.editor, me.preview, me.status, me.message, me.clicks, me.base, me.key], api_name=False,
                      show_progress="hidden")
-    me.editor.clear(lambda: (None, describe(None, None), "", "", None), None,
-                    [me.preview, me.status, me.message, me.clicks, me.base], api_name=False, queue=False)
-    gr.on([me.editor.change, *(c.change for c in settings)], preview, [me.editor, *settings],
+    me.editor.clear(lambda: (None, describe(None, None), "", "", None, ""), None,
+                    [me.preview, me.status, me.message, me.clicks, me.base, me.key], api_name=False, queue=False)
+    me.intake.input(unreadable, me.intake, me.message, api_name=False, queue=False, show_progress="hidden")
+    gr.on([me.editor.change, *(c.change for c in settings)], changed, [me.editor, *settings],
           [me.preview, me.status], api_name=False, trigger_mode="always_last", show_progress="hidden")

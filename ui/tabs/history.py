@@ -11,6 +11,8 @@ from ui import components as C
 
 TITLE = "History"
 ORDER = 90
+SETTINGS = ("grow", "feather", "invert", "whole_image")  # ui.mask_editor.MaskEditor.settings, in order
+NEUTRAL = {"grow": 0, "feather": 0, "invert": False, "whole_image": False}
 
 
 def build(runner) -> None:
@@ -35,8 +37,20 @@ def build(runner) -> None:
 
     targets = list(runner.restore_targets)
     outputs = [settings, runner.tabs]
+    editors = getattr(runner, "mask_editors", {})
+
+    def mask_settings(target) -> list:
+        """The mask editor's grow / feather / invert / whole-image widgets the target's photo editor
+        has, unless the tab restores one of them as a saved parameter (IIR-Net's whole image)."""
+        me = editors.get(target.editor._id) if target.editor is not None else None
+        if me is None:
+            return []
+        taken = {id(w) for w in target.fields.values()}
+        return [(name, w) for name, w in zip(SETTINGS, me.settings) if id(w) not in taken]
+
     for target in targets:
         outputs += list(target.fields.values()) + ([target.editor] if target.editor is not None else [])
+        outputs += [w for _, w in mask_settings(target)]
         outputs += target.extra_outputs
 
     def restore_from(path):
@@ -46,6 +60,7 @@ def build(runner) -> None:
             found = history.read_settings(path)
             images = history.read_images(path)
             photo, mask = images.get("image"), images.get("mask")
+            state = history.read_editor_state(path)
         except (OSError, ValueError) as exc:
             raise gr.Error(str(exc) if isinstance(exc, ValueError) else "the file could not be read",
                            print_exception=False) from None
@@ -63,7 +78,17 @@ def build(runner) -> None:
                     values.append(gr.update())
             if t.editor is not None:
                 if t is target and photo is not None:
-                    values.append(C.editor_value(photo, mask) if isinstance(t.editor, gr.ImageEditor) else photo)
+                    if not isinstance(t.editor, gr.ImageEditor):
+                        values.append(photo)
+                    elif state is not None:  # the painted layer; the settings below remake the mask
+                        values.append(C.editor_value(photo, state["painted"]))
+                    else:  # the mask the method used, as the layer, with neutral settings
+                        values.append(C.editor_value(photo, mask))
+                else:
+                    values.append(gr.update())
+            for name, _ in mask_settings(t):
+                if t is target and photo is not None:
+                    values.append(state[name] if state is not None else NEUTRAL[name])
                 else:
                     values.append(gr.update())
             if t.extra_outputs:

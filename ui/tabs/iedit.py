@@ -6,14 +6,13 @@ import gradio as gr
 
 from engine.methods import iedit
 from ui import components as C
-from ui.mask_editor import mask_editor, resolve_mask
+from ui.mask_editor import fill_from_text, mask_editor, resolve_mask
 
 TITLE = "iEdit"
 ORDER = 4
 API_NAME = "iedit"
 
-MASK_FROM = {"CLIPSeg (edit term)": "clipseg", "Grounded-SAM (edit term)": "grounded-sam",
-             "Brush (the mask painted on the photo)": "brush"}
+FILL_WITH = ("CLIPSeg", "Grounded-SAM")  # ui.mask_editor.METHODS: what fills the mask from the edit term
 FINE_TUNED = "**fine-tuned iEdit** — the UNet comes from the checkpoint {}."
 BASE = ("**base model (no iEdit fine-tuning)** — no public iEdit weights exist, so the base Stable Diffusion "
         "runs iEdit's masked inference (Eq. 13). Train a checkpoint with `python -m engine.train.iedit` "
@@ -31,8 +30,10 @@ def badge_text(checkpoint: str | None = None, mode: str | None = None) -> str:
 def build(runner) -> None:
     D = runner.defaults(iedit)
     gr.Markdown("Change one thing in a photo and keep the rest (Bodur et al., *iEdit*, 2023). Write the edit "
-                "prompt, say which words are the edit; the mask comes from CLIPSeg for those words (as in the "
-                "paper), from Grounded-SAM, or from your brush. Outside the mask the photo is kept at every step.")
+                "prompt, say which words are the edit, and **Mask the edit term**: CLIPSeg finds those words in "
+                "the photo (as in the paper; or Grounded-SAM) and paints them into the photo's mask, where the "
+                "brush, clicks and settings correct them. The mask on screen is the one the edit uses. Outside it "
+                "the photo is kept at every step.")
     badge = gr.Markdown(badge_text(), elem_id="iedit-mode")
     with gr.Row():
         with gr.Column():
@@ -41,8 +42,10 @@ def build(runner) -> None:
                                 elem_id="iedit-prompt")
             term = gr.Textbox(label="Edit term (the words of the prompt to change)", placeholder="brown horse",
                               elem_id="iedit-term")
-            mask_from = gr.Radio(list(MASK_FROM), value=next(iter(MASK_FROM)), label="Mask from",
-                                 elem_id="iedit-mask-from")
+            with gr.Row(equal_height=True):
+                fill_with = gr.Radio(list(FILL_WITH), value=FILL_WITH[0], label="Find the edit term with",
+                                     scale=2, elem_id="iedit-fill-with")
+                fill = gr.Button("Mask the edit term", scale=1, elem_id="iedit-fill")
             strength = gr.Slider(0.6, 0.8, value=0.7, step=0.05, label="Sampling ratio (paper: 0.6-0.8)",
                                  elem_id="iedit-strength")
             checkpoint = gr.Textbox(label="Fine-tuned iEdit checkpoint (UNet folder, LoRA .safetensors or hub id; "
@@ -51,7 +54,8 @@ def build(runner) -> None:
                 num_results = gr.Slider(1, 4, value=4, step=1, label="Results (one batch)")
                 steps = gr.Slider(1, 200, value=D["steps"], step=1, label="DDIM steps")
                 cfg = gr.Slider(1.0, 20.0, value=7.5, step=0.5, label="Guidance scale (CFG)")
-                threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="CLIPSeg mask threshold")
+                threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05, elem_id="iedit-threshold",
+                                      label="CLIPSeg mask threshold (for 'Mask the edit term')")
                 resolution = gr.Slider(64, 1024, value=D["resolution"], step=64, label="Resolution (longest side)")
                 C.quick_defaults_note(runner, iedit)
             seed = C.seed_row()
@@ -63,14 +67,18 @@ def build(runner) -> None:
 
     checkpoint.change(lambda c: badge_text(c), checkpoint, badge, api_name=False, queue=False)
 
-    def edit(editor, grow, feather, invert, whole, prompt, term, mask_from, strength, checkpoint, num_results,
+    def edit(editor, grow, feather, invert, whole, prompt, term, strength, checkpoint, num_results,
              steps, cfg, threshold, resolution, seed, request: gr.Request, progress=gr.Progress()):
-        source = MASK_FROM.get(mask_from, mask_from)
-        photo, mask = resolve_mask(editor, grow, feather, invert, whole, required=source == "brush")
+        # One mask per tab: the one on screen. The edit term fills it (Mask the edit term); it is not
+        # a second, hidden mask.
+        photo, mask = resolve_mask(editor, grow, feather, invert, whole, required=False)
         if photo is None:
             raise gr.Error("Upload a photo first.", title="Please check the input", print_exception=False)
-        inputs = iedit.IEditInputs(image=photo, prompt=prompt, mask_text=term or None,
-                                   mask=mask if source == "brush" else None, mask_source=source,
+        if mask is None:
+            raise gr.Error("Nothing is selected: click 'Mask the edit term' to let CLIPSeg find it, paint the "
+                           "region, select it by text or clicks, or tick 'Use the whole image'.",
+                           title="Please check the mask", print_exception=False)
+        inputs = iedit.IEditInputs(image=photo, prompt=prompt, mask_text=term or None, mask=mask, mask_source="brush",
                                    strength=strength, num_results=num_results, steps=steps, cfg=cfg, seed=seed,
                                    checkpoint=checkpoint or None, mask_threshold=threshold,
                                    resolution=int(resolution) if resolution is not None else 512)
@@ -98,9 +106,10 @@ def build(runner) -> None:
         "prompt": prompt, "mask_text": term, "strength": strength, "checkpoint": checkpoint,
         "num_results": num_results, "steps": steps, "cfg": cfg, "mask_threshold": threshold,
         "resolution": resolution, "seed": seed}, editor=me.editor)
-    event = button.click(edit, [*me.inputs, prompt, term, mask_from, strength, checkpoint, num_results, steps, cfg,
+    fill_from_text(runner, me, [fill.click, term.submit], term, fill_with, threshold, api_name="iedit_fill_mask")
+    event = button.click(edit, [*me.inputs, prompt, term, strength, checkpoint, num_results, steps, cfg,
                         threshold, resolution, seed], [*panel.outputs, badge, last, shown],
-                 api_name=API_NAME, concurrency_id="gpu")
+                 api_name=API_NAME, concurrency_id="gpu", show_progress_on=[panel.compare])
     C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
     panel.results.select(pick_from_gallery, None, shown, api_name=False, queue=False)
     shown.change(pick, [last, shown], panel.compare, api_name="iedit_compare", queue=False)
