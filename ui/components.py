@@ -89,7 +89,11 @@ def present(result: EditResult, before: Image.Image, chosen: int = 0) -> tuple:
     after = result.images[min(chosen, len(result.images) - 1)]
     if before.size != after.size:
         before = before.resize(after.size, Image.Resampling.LANCZOS)
-    gallery = [(img, f"seed {result.seed} · result {i + 1}") for i, img in enumerate(result.images)]
+    # Saved results are shown from their PNG files, so the gallery's download button gives the file
+    # with its settings inside (History restores it); unsaved ones as images.
+    saved = list(getattr(result, "saved_paths", None) or [])
+    shown = [str(saved[i]) if i < len(saved) else img for i, img in enumerate(result.images)]
+    gallery = [(item, f"seed {result.seed} · result {i + 1}") for i, item in enumerate(shown)]
     inter = [(img, name) for name, img in result.intermediates.items()]
     details = {"seed": result.seed, "seconds": result.seconds, "unet_evals": result.unet_evals,
                "notes": result.notes, "params": jsonable(result.params)}

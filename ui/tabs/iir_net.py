@@ -65,7 +65,8 @@ def build(runner) -> None:
         with gr.Column():
             panel = C.result_panel("Edit")
 
-    prompt.change(roi_from_prompt, prompt, roi_text, api_name=False, queue=False)
+    # Typing the prompt fills the RoI text; a restored or example prompt leaves the RoI text it came with.
+    prompt.input(roi_from_prompt, prompt, roi_text, api_name=False, queue=False)
     checkpoint.change(lambda c: badge_text(c), checkpoint, badge, api_name=False, queue=False)
 
     def edit(editor, grow, feather, invert, whole_image, prompt, roi, noise, canny_low, canny_high, steps, cfg, resolution, seed,
@@ -84,7 +85,8 @@ def build(runner) -> None:
 
     C.restorable(runner, iir_net.NAME, __name__, {
         "prompt": prompt, "roi_text": roi_text, "noise": noise, "canny_low": canny_low, "canny_high": canny_high,
-        "steps": steps, "cfg": cfg, "resolution": resolution, "seed": seed, "checkpoint": checkpoint},
+        "steps": steps, "cfg": cfg, "resolution": resolution, "seed": seed, "checkpoint": checkpoint,
+        "whole_image": region.whole_image},
         editor=region.editor)
     event = button.click(edit, [*region.inputs, prompt, roi_text, noise, canny_low, canny_high, steps, cfg, resolution, seed,
                         checkpoint], [*panel.outputs, badge], api_name=API_NAME, concurrency_id="gpu")
