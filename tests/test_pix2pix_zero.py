@@ -283,6 +283,7 @@ def test_cli_writes_the_contract(tiny_models, tmp_path, monkeypatch):
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "pix2pix-zero" and report["seed"] == 2
     assert report["params"]["xa_guidance"] == 0.2 and report["params"]["cfg"] == 4.0
+    assert report["params"]["negative_prompt"] == CAPTION  # the caption is CFG's negative prompt by default
     assert report["params"]["direction"]["source_sentences"] == 2
     assert set(report["intermediates"]) == {"reconstruction", "inverted_noise"}
     for name in ["edited.png", "reconstruction.png", "inverted_noise.png"]:
