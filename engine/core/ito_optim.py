@@ -21,8 +21,8 @@ gamma = 0.1, k = 1 (Sec. 4). Adam divides each element's step by the root mean s
 gradient, so one Adam on the weighted sum of Eq. 6 throws lambda away: with k = 1 every element
 moves by gamma * sign(gradient); inside the mask only L_G has a gradient and its weight (1 - lambda)
 cancels; outside, ||grad L_REC|| is ~1e4 times ||grad L_G|| and wins the sign for any lambda > 0.
-Measured (tiny models, 128 px, half mask): the edit moved 0.25 grey levels from lambda 0.6 to 0.2
-and 27.5 to lambda 1. Here each loss keeps its own Adam moments (same betas, eps, bias
+Measured on that code (issue 14; tiny models, 128 px, half mask): the edit moved 0.25 grey levels
+from lambda 0.6 to 0.2 and 27.5 to lambda 1. Here each loss keeps its own Adam moments (same betas, eps, bias
 correction; a fresh state per timestep, since y_t is a new variable at each step), which brings
 both gradients to unit scale per element -- the two losses made comparable, as Eq. 6's weighted
 sum presumes -- and lambda then weights the two normalised directions:
@@ -34,6 +34,10 @@ Inside the mask the step is gamma * (1 - lambda) towards g_t, outside it blends 
 changes smoothly and monotonically with lambda (tests/test_ito_mechanisms.py::
 test_lambda_is_a_graded_trade_off_across_its_range). At lambda = 1 this is exactly the paper's
 Adam on Eq. 4 alone (the guidance pass), at lambda = 0 exactly Adam on Eq. 5 alone.
+Measured (tiny models, 128 px, left-half mask, paper defaults: 25 steps, t_u 15, k 1, lr 0.1), mean
+latent distance of y_0 from x_0 outside the mask / from the guidance latents g_0 inside, for lambda
+0, 0.25, 0.5, 0.6, 0.75, 0.9, 1: 2.20 1.73 1.01 0.74 0.51 0.45 0.42 / 6.24 6.67 7.19 7.59 8.31 9.15 9.79
+(the single Adam: 2.20 0.48 0.48 0.48 0.48 0.48 0.42 / 6.24 5.84 5.83 5.83 5.83 5.83 9.79).
 
 Both losses involve only the latents: the gradient is d(loss)/d(y_t), never through the UNet.
 The UNet runs under no_grad; no backward pass touches the model (unet_evals["backward"] = 0).
