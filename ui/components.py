@@ -134,18 +134,27 @@ def editor_value(photo: Image.Image, mask: Optional[Image.Image] = None) -> dict
     return {"background": photo, "layers": layers, "composite": photo}
 
 
+STOPPED = "Stopped. The models are unchanged; run again when ready."
+NOTHING_TO_STOP = "Nothing was running (an edit still waiting in the queue is dropped)."
+
+
 def run_buttons(prefix: str, label: str = "Edit") -> tuple[gr.Button, gr.Button]:
-    """The Edit button and its Stop button, side by side."""
+    """The Edit button and its Stop button, side by side, and under them the line where Stop
+    answers (`stop.status`, wired by wire_stop)."""
     with gr.Row():
         run = gr.Button(label, variant="primary", elem_id=f"{prefix}-run", scale=3)
         stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop", scale=1)
+    stop.status = gr.Markdown("", elem_id=f"{prefix}-stop-status", elem_classes=["stop-status"])
+    stop.run_button = run
     return run, stop
 
 
 def wire_stop(runner, stop: gr.Button, event, api_name: str) -> None:
     """Stop asks the running edit of this browser session to end at its next step (the engine
-    raises Cancelled and its `finally` blocks clean up) and drops the pending event."""
+    raises Cancelled and its `finally` blocks clean up) and drops the pending event. It answers
+    in its own line every time: the cancelled event's own error never reaches the page."""
     def stop_run(request: gr.Request):
-        runner.stop(request)
+        return STOPPED if runner.stop(request) else NOTHING_TO_STOP
 
-    stop.click(stop_run, None, None, cancels=[event], api_name=api_name, queue=False)
+    stop.click(stop_run, None, stop.status, cancels=[event], api_name=api_name, queue=False)
+    stop.run_button.click(lambda: "", None, stop.status, api_name=False, queue=False)

@@ -17,6 +17,7 @@ from engine import history
 from ui import zerogpu
 from engine.models import ModelUnavailable
 from engine.types import Cancelled, EditResult, StepInfo
+from ui.progress import RunProgress, words
 
 log = logging.getLogger("studio")
 
@@ -52,15 +53,19 @@ class Runner:
     def _key(self, request: Optional[gr.Request]) -> str:
         return getattr(request, "session_hash", None) or "default"
 
-    def stop(self, request: Optional[gr.Request] = None) -> None:
-        """Ask the running edit of this browser session to stop at its next step."""
+    def stop(self, request: Optional[gr.Request] = None) -> bool:
+        """Ask the running edit of this browser session to stop at its next step; False when
+        nothing of this session was running."""
         with self._lock:
             event = self._cancel.get(self._key(request))
         if event is not None:
             event.set()
+        return event is not None
 
-    def call(self, fn, *args, request: Optional[gr.Request] = None, progress: Any = None, **kwargs):
-        """Run `fn(*args, on_step=..., **kwargs)` with progress, cancellation and clear errors."""
+    def call(self, fn, *args, request: Optional[gr.Request] = None, progress: Any = None,
+             tracker: Optional[RunProgress] = None, **kwargs):
+        """Run `fn(*args, on_step=..., **kwargs)` with progress, cancellation and clear errors.
+        `tracker` turns the method's per-stage steps into one bar over the whole run (ui/progress.py)."""
         key = self._key(request)
         event = threading.Event()
         with self._lock:
@@ -70,10 +75,11 @@ class Runner:
             if event.is_set():
                 raise Cancelled("stopped by the user")
             if progress is not None:
-                desc = info.stage
-                if info.losses:
-                    desc += " " + " ".join(f"{k}={v:.3g}" for k, v in info.losses.items())
-                progress((info.i, info.n), desc=desc)
+                if tracker is not None:
+                    fraction, desc = tracker.update(info.stage, info.i, info.n)
+                    progress(fraction, desc=desc)
+                else:
+                    progress((info.i, info.n), desc=words(info.stage))
 
         try:
             with self._gpu:
@@ -100,7 +106,8 @@ class Runner:
 
     def run(self, method: ModuleType, inputs, request: Optional[gr.Request] = None,
             progress: Any = None) -> EditResult:
-        result = self.call(method.run, inputs, self.cache, request=request, progress=progress)
+        result = self.call(method.run, inputs, self.cache, request=request, progress=progress,
+                           tracker=RunProgress(method.NAME, inputs))
         quick = _quick_settings_used(method, inputs, self.cache.profile)
         if quick:
             result.notes.append(f"{self.cache.profile} profile's quick defaults: {quick}")

@@ -89,7 +89,8 @@ def build(runner) -> None:
         "whole_image": region.whole_image},
         editor=region.editor)
     event = button.click(edit, [*region.inputs, prompt, roi_text, noise, canny_low, canny_high, steps, cfg, resolution, seed,
-                        checkpoint], [*panel.outputs, badge], api_name=API_NAME, concurrency_id="gpu")
+                        checkpoint], [*panel.outputs, badge], api_name=API_NAME, concurrency_id="gpu",
+                         show_progress_on=[panel.compare])
     C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
     gr.Examples([[C.example("cat.png"), "a white cat", "cat", False, 0],
                  [C.example("coffee.png"), "a green cup", "cup", False, 0],

@@ -203,7 +203,7 @@ def build(runner) -> None:
                                 pose.json, pose_source, lam, t_u, k, lr, encode_ratio, tau, mask_seeds, mask_ratio,
                                 steps, cfg, control_scale, resolution, seed],
                          [mask_out, guidance_out, edit_out, *panel.outputs, caption], api_name=API_NAME,
-                         concurrency_id="gpu")
+                         concurrency_id="gpu", show_progress_on=[panel.compare])
     C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
 
     # Picking an example sets the photo, which fires the editor's upload event, which prepares it.

@@ -22,9 +22,16 @@ LOSS_LABELS = {"embed_loss_a": "embedding: e_a (subject)", "embed_loss_b": "embe
 
 def loss_table(curves: dict) -> pd.DataFrame:
     """EditResult.curves -> the long table gr.LinePlot draws (step, loss, curve)."""
-    rows = [{"step": i + 1, "loss": float(v), "curve": label}
-            for key, label in LOSS_LABELS.items() for i, v in enumerate(curves.get(key, []))]
-    return pd.DataFrame(rows, columns=["step", "loss", "curve"])
+    steps, values, names = [], [], []
+    for key, label in LOSS_LABELS.items():
+        for i, v in enumerate(curves.get(key, [])):
+            steps.append(i + 1)
+            values.append(float(v))
+            names.append(label)
+    # Typed columns even when empty: the plot takes its axis types from the first value it shows,
+    # and an empty untyped table made both axes categorical (labels stacked, no lines drawn).
+    return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "loss": pd.Series(values, dtype="float64"),
+                         "curve": pd.Series(names, dtype="str")})
 
 
 def auto_split(text: str):
@@ -119,7 +126,8 @@ def build(runner) -> None:
         extra_outputs=[ref_region.editor], extra=restore_reference)
     event = button.click(edit, [*region.inputs, text, subject, background, keep, *ref_region.inputs, alpha, lambda1, lambda2,
                                 num_results, embed_steps, tune_steps, steps, lora_rank, full, cfg, resolution, seed],
-                         [*panel.outputs, losses], api_name=API_NAME, concurrency_id="gpu")
+                         [*panel.outputs, losses], api_name=API_NAME, concurrency_id="gpu",
+                         show_progress_on=[panel.compare])
 
     C.wire_stop(runner, stop, event, api_name="layer_diffusion_stop")
     gr.Examples([[C.example("cat.png"), "a cat sitting on a beach", 0.7],

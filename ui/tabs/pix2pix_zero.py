@@ -94,7 +94,8 @@ def build(runner) -> None:
         editor=photo)
     event = button.click(edit, [photo, caption, source, target, source_sentences, target_sentences, xa_guidance, steps, cfg,
                         reg_lambda, reg_iters, resolution, seed],
-                 [*panel.outputs, reconstruction, caption], api_name=API_NAME, concurrency_id="gpu")
+                 [*panel.outputs, reconstruction, caption], api_name=API_NAME, concurrency_id="gpu",
+                         show_progress_on=[panel.compare])
     C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
     gr.Examples([[C.example("cat.png"), "", "cat → dog", 0.1],
                  [C.example("cat.png"), "", "cat → cat wearing sunglasses", 0.1],

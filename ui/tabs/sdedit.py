@@ -50,7 +50,7 @@ def build(runner) -> None:
         "prompt": prompt, "strength": strength, "steps": steps, "cfg": cfg, "num_results": num_results,
         "negative_prompt": negative, "resolution": resolution, "seed": seed}, editor=region.editor)
     event = button.click(edit, region.inputs + [prompt, strength, steps, cfg, num_results, negative, resolution, seed],
-                 panel.outputs, api_name=API_NAME, concurrency_id="gpu")
+                 panel.outputs, api_name=API_NAME, concurrency_id="gpu", show_progress_on=[panel.compare])
     C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
     gr.Examples([[C.example("cat.png"), "a photo of a tiger", 0.7],
                  [C.example("coffee.png"), "a cup of green tea on a wooden table", 0.6]],
