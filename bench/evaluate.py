@@ -11,6 +11,11 @@ with our row beside it) and DIR/grid.png (input | ours | baseline), the images u
 `--set` changes a setting of the method's Inputs (e.g. `--set steps=100` for pix2pix-zero's paper
 setting), `--baseline-set` one of the baseline's. Tasks: `python -m bench.evaluate --list`.
 Bad input: one line on stderr, exit code 2.
+
+At scale, the same command under `accelerate launch --num_processes N -m bench.evaluate ...` splits
+the photos over N processes (engine/train/shards.py): each photo is one item (DIR/items/NNN_name.json
+beside its images), a photo already done is skipped, so a killed job continues where it stopped, and
+the main process merges the items into DIR/manifest.jsonl, results.json, report.md and grid.png.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from bench.paper_numbers import rows_for
 from bench.results import command_line
 from bench.runners import BASELINES, baseline_inputs, build_inputs, method_module, parse_sets, run_baseline
 from bench.tasks import METRICS, TASKS, Case, Task, get_task, load_cases
+from engine.train.shards import ShardedJob, save_image
 
 CLIPSEG_THRESHOLD = 0.5
 
@@ -113,8 +119,7 @@ class Scorer:
 
 
 def _save(image: Image.Image, folder: Path, name: str) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    image.save(folder / name)
+    save_image(image, folder / name)  # atomically: a killed job leaves no half-written PNG
     return f"images/{name}"
 
 
@@ -184,28 +189,48 @@ def evaluate(method: str, task: Task, images: Path, out: Path, models, limit: Op
                            if k in {"sd", "clipseg", *scorer.nets, *scorer.unavailable}},
                    lpips_calibrated=scorer.lpips_calibrated, command=command,
                    paper=[vars(r) for r in rows_for(task.name)], cases=[], notes=scorer.notes)
-    rows, errors = [], []
+    # One item per photo, split over the processes (accelerate launch); finished photos are skipped.
+    signature = {k: results[k] for k in ("method", "task", "images", "profile", "seed", "baseline", "resolution",
+                                         "metrics", "settings", "models")}
+    job = ShardedJob(out, signature=dict(signature, photos=[c.path.name for c in cases]))
+    general_notes = len(scorer.notes)
+    keys = [f"{i:03d}_{case.name}" for i, case in enumerate(cases)]
+    todo = set(job.mine(keys))
     for i, case in enumerate(cases):
+        if keys[i] not in todo:
+            continue
         entry = dict(name=case.name, file=case.path.name, seed=seed + i, source=case.source, target=case.target,
                      source_prompt=case.source_prompt, target_prompt=case.target_prompt)
+        noted = len(scorer.notes)
         try:
-            rows.append(_run_case(i, case, entry, module, baseline, models, scorer, out, resolution,
-                                  method_settings, baseline_settings))
+            _run_case(i, case, entry, module, baseline, models, scorer, out, resolution,
+                      method_settings, baseline_settings)
         except ValueError as exc:  # this photo only (CLIPSeg found nothing, ...): say so, go on
             entry["error"] = str(exc)
-            errors.append(exc)
             scorer.notes.append(f"{case.name}: not scored: {exc}")
             entry.pop("ours", None)
             entry.pop("baseline", None)
-        results["cases"].append(entry)
-        done = [c for c in results["cases"] if "error" not in c]
-        results["summary"] = {"ours": summarize(done, metrics, "ours")}
-        if baseline != "none":
-            results["summary"]["baseline"] = summarize(done, metrics, "baseline")
-        results["scored"] = len(done)
-        write_results(out, results)  # after every photo, so a long run that stops keeps what it did
-    if not rows:
-        raise ValueError(f"no photo could be edited; the first error: {errors[0]}")
+        entry["notes_scoring"] = scorer.notes[noted:]
+        job.finish(keys[i], entry, entry.get("images", {}).values())
+    items = job.merge(keys)  # waits for every process; manifest.jsonl in key order
+    results["cases"] = [it["record"] for it in items]
+    results["processes"] = job.world
+    results["notes"] = list(dict.fromkeys(scorer.notes[:general_notes] + [
+        n for c in results["cases"] for n in c.get("notes_scoring", [])]))
+    done = [c for c in results["cases"] if "error" not in c]
+    results["summary"] = {"ours": summarize(done, metrics, "ours")}
+    if baseline != "none":
+        results["summary"]["baseline"] = summarize(done, metrics, "baseline")
+    results["scored"] = len(done)
+    if not done:
+        errors = [c["error"] for c in results["cases"] if "error" in c]
+        raise ValueError(f"no photo could be edited; the first error: {errors[0] if errors else 'none ran'}")
+    if not job.is_main:
+        return results
+    rows = []
+    for c in done:
+        names = ["input", "ours"] + (["baseline"] if baseline != "none" else [])
+        rows.append([Image.open(out / c["images"][k]).convert("RGB") for k in names])
     # what the method said about its runs (a fallback it took, a cached inversion...), once each
     results["method_notes"] = list(dict.fromkeys(n for c in results["cases"] for n in c.get("notes_ours", [])))
     write_results(out, results)
@@ -264,10 +289,17 @@ def main(argv=None) -> int:
         print(f"error: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required", file=sys.stderr)
         return 2
     from engine.models import ModelCache
+    from engine.train.shards import process_group
 
+    rank, world, _ = process_group()  # under accelerate launch: this process's share of the photos
+    device = args.device
+    if device is None and world > 1:
+        from engine.train.accel import process_state
+
+        device = str(process_state().device)
     try:
         task = get_task(args.task)
-        models = ModelCache(args.profile, device=args.device, memory=args.memory, overrides=dict(args.model))
+        models = ModelCache(args.profile, device=device, memory=args.memory, overrides=dict(args.model))
         results = evaluate(args.method, task, Path(args.images), Path(args.out), models, limit=args.limit,
                            seed=args.seed, baseline=args.baseline, resolution=args.resolution,
                            masks=Path(args.masks) if args.masks else None,
@@ -276,7 +308,8 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print((Path(args.out) / "report.md").read_text())
+    if rank == 0:
+        print((Path(args.out) / "report.md").read_text())
     return 0 if results["cases"] else 1
 
 
