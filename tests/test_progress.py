@@ -1,0 +1,47 @@
+"""ui/progress.py: one bar over a whole run, from the stages the engine reports one by one."""
+from types import SimpleNamespace as N
+
+from ui.progress import RunProgress, plan
+
+
+def _feed(progress, stages):
+    out = []
+    for name, n in stages:
+        for i in range(1, n + 1):
+            out.append(progress.update(name, i, n))
+    return out
+
+
+def test_fraction_rises_over_all_stages_and_names_them_in_words():
+    t = [0.0]
+    p = RunProgress("pix2pix-zero", N(steps=10), clock=lambda: t[0])
+    seen = []
+    for name in ("inversion", "reconstruction", "edit"):
+        for i in range(1, 11):
+            t[0] += 1.0
+            seen.append(p.update(name, i, 10))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert 0.1 < fractions[9] < 0.2  # the inversion is one sixth of the work: the guided edit costs 4x a step
+    assert seen[0][1].startswith("Stage 1 of 3: Inverting the photo (DDIM) (1/10)")
+    assert seen[-1][1].startswith("Stage 3 of 3: Editing (10/10)")
+    assert "left" in seen[15][1] and "=" not in seen[15][1]
+
+
+def test_a_stage_that_never_comes_is_dropped_and_an_unplanned_one_added():
+    p = RunProgress("pix2pix-zero", N(steps=10))
+    f, desc = p.update("edit", 5, 10)  # cached inversion: the edit comes first
+    assert f == 0.5 and desc.startswith("Stage 1 of 1: Editing (5/10)")
+    q = RunProgress("no-such-method", N())
+    f, desc = q.update("frobnicate", 1, 4)
+    assert f == 0.25 and "Frobnicate (1/4)" in desc
+
+
+def test_plans_follow_the_inputs():
+    assert plan("sdedit", N(steps=50, strength=0.7, num_results=1)) == [("denoise", 35, 1.0)]
+    ito = [s for s, *_ in plan("ito", N(steps=25, encode_ratio=1.0, mask=None, mask_mode="replace",
+                                         mask_encode_ratio=0.5, mask_seeds=10, lam=1.0))]
+    assert ito == ["inversion", "mask", "edit"]  # lambda 1: no guidance pass
+    ld = [s for s, *_ in plan("layer-diffusion", N(steps=50, embed_steps=5, tune_steps=5, reference=None,
+                                                     keep_background=True, num_results=1))]
+    assert ld == ["embedding optimisation", "fine-tuning", "sampling"]
