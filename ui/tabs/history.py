@@ -15,6 +15,16 @@ SETTINGS = ("grow", "feather", "invert", "whole_image")  # ui.mask_editor.MaskEd
 NEUTRAL = {"grow": 0, "feather": 0, "invert": False, "whole_image": False}
 
 
+def _png_file(image) -> str:
+    """The image as a PNG file (a PIL value would be re-encoded as lossy WebP by gr.Image)."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="des-restore-")
+    path = f"{folder}/photo.png"
+    image.save(path)
+    return path
+
+
 def build(runner) -> None:
     if runner.outputs is None:
         gr.Markdown("Results are not being saved (the app was started without an outputs folder).")
@@ -78,8 +88,8 @@ def build(runner) -> None:
                     values.append(gr.update())
             if t.editor is not None:
                 if t is target and photo is not None:
-                    if not isinstance(t.editor, gr.ImageEditor):
-                        values.append(photo)
+                    if not isinstance(t.editor, gr.ImageEditor):  # a plain photo input: lossless, as saved
+                        values.append(_png_file(photo))
                     elif state is not None:  # the painted layer; the settings below remake the mask
                         values.append(C.editor_value(photo, state["painted"]))
                     else:  # the mask the method used, as the layer, with neutral settings

@@ -190,9 +190,12 @@ def build(runner) -> None:
         key = photo_key(C.editor_value(photo, images.get("mask")), resolution)
         return ([c for c in CONDITIONS if c.lower() in used] or ["Text"],
                 {"background": background, "layers": [layer], "composite": None}, scribble_src,
-                editor_value(pose, image), pose_json_text(pose), pose_json_text(pose_src), note, key, key)
+                editor_value(pose, image), pose_json_text(pose), pose_json_text(pose_src), note, key, key,
+                next((label for label, mode in MASK_MODES.items() if mode == params.get("mask_mode")),
+                     next(iter(MASK_MODES))))
 
-    restored = [conditions, scribble, scribble_source, *pose.outputs, pose_source, notes, loaded, restored_key]
+    restored = [conditions, scribble, scribble_source, *pose.outputs, pose_source, notes, loaded, restored_key,
+                mask_mode]
     # Saved results restore the photo, mask, texts, numbers, and the scribble and pose the edit used.
     C.restorable(runner, ito.NAME, __name__, {
         "caption": caption, "prompt": prompt, "lam": lam, "t_u": t_u, "k": k, "lr": lr, "encode_ratio": encode_ratio,
