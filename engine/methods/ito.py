@@ -24,30 +24,39 @@ Mechanisms and the tests that guard them (M = tests/test_ito_mechanisms.py, T = 
 each breakage is registered in tests/mutants/m_ito.py, `python -m tests.mutants --method ito`):
 
 - Eq. 2, x_t = DDIM inversion of x_0 under C_0 (text and ControlNet image), stopped at t_E:
-  M::test_every_update_of_the_run_is_eq6_on_x_t_and_g_t (the edit starts from x_{t_E} and is
-  pulled to x_t of its own timestep), M::test_c0_and_c_edit_reach_the_right_passes_and_batch_rows,
+  M::test_every_update_of_the_run_is_eq6_on_x_t_and_g_t (the edit starts from x_{t_E} and is pulled
+  to x_t of its own timestep), M::test_c0_and_c_edit_reach_the_right_passes_and_batch_rows,
   M::test_encoding_ratio_sets_where_inversion_stops_and_the_edit_starts.
-- Eq. 4, L_REC only outside the mask (keep = 1 - m): M::test_every_update_of_the_run_is_eq6_on_x_t_and_g_t
-  (the guidance pass never moves a latent inside the mask), T::test_update_moves_towards_x_outside_the_mask_and_not_inside,
+- Eq. 4, L_REC only outside the mask (keep = 1 - m):
+  M::test_every_update_of_the_run_is_eq6_on_x_t_and_g_t (the guidance pass never moves a latent
+  inside the mask), T::test_update_moves_towards_x_outside_the_mask_and_not_inside,
   T::test_zero_mask_lambda_one_keeps_the_latents_closer_to_x_t.
-- Eq. 5, L_G against g_t, the guidance image's inversion under C_EDIT: M::test_every_update_of_the_run_is_eq6_on_x_t_and_g_t
-  (g_0 is the guidance image's latents; each update uses g_t of its timestep), M::test_c0_and_c_edit_reach_the_right_passes_and_batch_rows.
-- Eq. 6, (1 - lambda) L_G + lambda L_REC, gamma, k, first t_u steps: M::test_every_update_of_the_run_is_eq6_on_x_t_and_g_t
-  (two settings of lambda, t_u, k, lr; no update from step t_u on), M::test_lambda_is_a_graded_trade_off_across_its_range
-  (lambda 0, 0.25, 0.5, 0.75, 1: distance to the photo outside the mask falls, to the guidance image inside grows,
-  every quarter carrying 10-50 % of the change).
+- Eq. 5, L_G against g_t, the guidance image's inversion under C_EDIT:
+  M::test_every_update_of_the_run_is_eq6_on_x_t_and_g_t (g_0 is the guidance image's latents; each
+  update uses g_t of its timestep), M::test_c0_and_c_edit_reach_the_right_passes_and_batch_rows.
+- Eq. 6, (1 - lambda) L_G + lambda L_REC, gamma, k, first t_u steps:
+  M::test_every_update_of_the_run_is_eq6_on_x_t_and_g_t (two settings of lambda, t_u, k, lr; no
+  update from step t_u on), M::test_lambda_is_a_graded_trade_off_across_its_range (lambda 0, 0.25,
+  0.5, 0.75, 1: distance to the photo outside the mask falls, to the guidance image inside grows,
+  every quarter carrying 10-50 % of the change),
+  M::test_t_u_k_and_lr_set_how_hard_the_edit_is_pulled_to_the_photo (t_u = 0 and k = 0 both give the
+  plain decode; more t_u, k or gamma, closer to the photo outside the mask).
 - Fig. 1a, guidance image = SDEdit (random noise) + ITO at lambda = 1, skipped at lambda = 1:
-  M::test_guidance_starts_from_noise_and_the_edit_from_the_inversion, M::test_every_update_of_the_run_is_eq6_on_x_t_and_g_t,
-  T::test_lambda_one_runs_no_guidance_pass.
-- Fig. 1b, final edit from the inversion under C_EDIT: M::test_guidance_starts_from_noise_and_the_edit_from_the_inversion
-  (seed-independent at lambda = 1 with a drawn mask), M::test_c0_and_c_edit_reach_the_right_passes_and_batch_rows.
-- Eq. 7, mask = mean over n seeds of |eps(C_EDIT) - eps(C_0)| at the last step, smoothed, normalised, > tau:
-  M::test_run_mask_is_eq7_over_n_seeds_thresholded_at_tau (against a per-seed reference written in the test),
-  M::test_tau_thins_the_mask_monotonically, M::test_c0_and_c_edit_reach_the_right_passes_and_batch_rows (batch rows),
-  T::test_mask_is_one_batched_unet_call_per_step_and_matches_per_seed_runs, T::test_identical_conditions_give_an_empty_mask,
-  T::test_mask_grows_with_the_scribble_change.
-- User mask, replace or add: M::test_user_mask_replaces_or_is_added_to_the_estimate, T::test_same_seed_same_edit_and_user_mask_modes.
-- No model gradient, weights untouched: T::test_optimisation_needs_no_model_gradient_and_leaves_weights_untouched.
+  M::test_guidance_starts_from_noise_and_the_edit_from_the_inversion,
+  M::test_every_update_of_the_run_is_eq6_on_x_t_and_g_t, T::test_lambda_one_runs_no_guidance_pass.
+- Fig. 1b, final edit from the inversion under C_EDIT:
+  M::test_guidance_starts_from_noise_and_the_edit_from_the_inversion (seed-independent at lambda = 1
+  with a drawn mask), M::test_c0_and_c_edit_reach_the_right_passes_and_batch_rows.
+- Eq. 7, mask = mean over n seeds of |eps(C_EDIT) - eps(C_0)| at the last step, smoothed,
+  normalised, > tau: M::test_run_mask_is_eq7_over_n_seeds_thresholded_at_tau (against a per-seed
+  reference written in the test), M::test_tau_thins_the_mask_monotonically,
+  M::test_c0_and_c_edit_reach_the_right_passes_and_batch_rows (batch rows),
+  T::test_mask_is_one_batched_unet_call_per_step_and_matches_per_seed_runs,
+  T::test_identical_conditions_give_an_empty_mask, T::test_mask_grows_with_the_scribble_change.
+- User mask, replace or add: M::test_user_mask_replaces_or_is_added_to_the_estimate,
+  T::test_same_seed_same_edit_and_user_mask_modes.
+- No model gradient, weights untouched:
+  T::test_optimisation_needs_no_model_gradient_and_leaves_weights_untouched.
 """
 from __future__ import annotations
 
