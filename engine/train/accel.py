@@ -49,6 +49,7 @@ def add_arguments(p, save_every: int) -> None:
     p.add_argument("--save-every", type=int, default=save_every, help="write a checkpoint every N steps (and at the end)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|FOLDER",
                    help="continue from the newest checkpoint in --out (latest, the default) or from FOLDER")
+    p.add_argument("--keep-checkpoints", type=int, default=3, help="training-state checkpoints kept (newest)")
 
 
 def check_arguments(grad_accum: int, save_every: int) -> None:
