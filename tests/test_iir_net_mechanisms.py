@@ -297,7 +297,13 @@ def test_training_feeds_eq8_with_the_added_noise_and_R_x0_with_a_random_k(tiny_m
 
     def loss(controlnet, unet, z_t, t, emb, r, noise):
         losses.append((z_t.detach().clone(), t.clone(), r.clone(), noise.clone()))
-        return real_loss(controlnet, unet, z_t, t, emb, r, noise)
+        value = real_loss(controlnet, unet, z_t, t, emb, r, noise)
+        with torch.no_grad():  # Eq. 8 written out: || eps - eps_theta(z_t, t, S, R(x0)) ||^2
+            down, mid = controlnet(z_t, t, encoder_hidden_states=emb, controlnet_cond=r, return_dict=False)
+            eps = unet(z_t, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
+                       mid_block_additional_residual=mid).sample
+            assert float(value) == pytest.approx(float(((eps.float() - noise) ** 2).mean()), rel=1e-4)
+        return value
 
     monkeypatch.setattr(sd.vae, "encode", encode)
     monkeypatch.setattr(trainer, "removal_image", removal)
