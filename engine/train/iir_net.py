@@ -36,8 +36,9 @@ Bad data or output folders: one line on stderr and exit code 2.
 Mechanisms and the tests that guard them (tests/test_iir_net_mechanisms.py unless named;
 broken once each in tests/mutants/m_iir_net.py):
 - Eq. 8 target: z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps and the loss compares eps_theta with that eps:
-  test_training_feeds_eq8_with_the_added_noise_and_R_x0_with_a_random_k (at the entry point, main) and
-  test_eq8_loss_is_the_squared_error_of_the_predicted_noise (iir_loss).
+  test_training_feeds_eq8_with_the_added_noise_and_R_x0_with_a_random_k (at the entry point, main: the
+  target's relation to z_t and z0, and the loss value written out) and
+  test_eq8_loss_is_the_squared_error_of_the_predicted_noise (iir_loss alone).
 - R(x0) with k drawn per sample from 0..K (--max-noise), Sec. 3.2 and Eq. 4-7: the same entry-point test.
 - fp32 copies from an fp16 cache without autocast: test_training_from_an_fp16_cache_without_amp_builds_its_own_fp32_copies.
 - The loss falls; resume is exact; the frozen models are never written: tests/test_iir_net.py.
