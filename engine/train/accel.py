@@ -215,8 +215,9 @@ def read_progress(folder: Path) -> dict:
     return json.loads((Path(folder) / PROGRESS).read_text())
 
 
-def save_checkpoint(accelerator, root: Path, step: int, progress: dict) -> Path:
-    """accelerator.save_state into root/checkpoint-NNNNNN (every process calls it); progress.json last."""
+def save_checkpoint(accelerator, root: Path, step: int, progress: dict, extra=None) -> Path:
+    """accelerator.save_state into root/checkpoint-NNNNNN (every process calls it); extra(folder), the
+    trainer's own files (the main process writes them), then progress.json last."""
     root = Path(root)
     final = root / f"checkpoint-{step:06d}"
     tmp = root / f".saving-checkpoint-{step:06d}"
@@ -227,6 +228,8 @@ def save_checkpoint(accelerator, root: Path, step: int, progress: dict) -> Path:
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if extra is not None:
+            extra(tmp)
         (tmp / PROGRESS).write_text(json.dumps(dict(progress, step=step, processes=accelerator.num_processes), indent=1))
         if final.exists():
             shutil.rmtree(final)

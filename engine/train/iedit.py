@@ -2,7 +2,9 @@
 
     python -m engine.train.iedit --pairs PAIRS.jsonl --out DIR [--steps 10000] [--lr 2e-4]
         [--resolution 384] [--lambda-perc 0.1] [--save-every 1000] [--seed 0]
-        [--profile sd15|tiny] [--resume] [--overwrite]
+        [--profile sd15|tiny] [--resume [latest|FOLDER]] [--overwrite] [--batch 1] [--grad-accum 1]
+        [--mixed-precision auto|no|fp16|bf16] [--gradient-checkpointing] [--workers 2]
+    accelerate launch --multi_gpu --num_processes 8 -m engine.train.iedit ...   (the same flags)
 
 Per step, one pair (x_1 source, x_2 pseudo-target, y_2 edit prompt, masks M_1, M_2):
     z_t   = sqrt(a_t) z_1 + sqrt(1 - a_t) eps_1                                  (Eq. 2)
@@ -13,17 +15,29 @@ Per step, one pair (x_1 source, x_2 pseudo-target, y_2 edit prompt, masks M_1, M
     L_perc = |V(x^_1 * M_1) - V(x_2 * M_2)|^2                                    (Eq. 10)
     L = (1 - t/T)(L_loc + L_global) + (t/T) L_mask + lambda_perc L_perc          (Eq. 12)
 The UNet's input blocks (conv_in + down blocks) and middle block are updated alternately
-(Sec. 4.1), on a private copy of the UNet: the cached model is never touched. Batch size 1.
+(Sec. 4.1), on a private copy of the UNet: the cached model is never touched. Batch size 1
+by default (--batch).
 The paper does not give lambda_perc; 0.1 is this implementation's choice.
 
 DIR/checkpoint-NNNNNN/ holds unet/ (diffusers layout, safetensors: `python -m engine iedit
---checkpoint DIR` loads the latest), optimizer.safetensors and trainer_state.json (step,
-random state, losses), so --resume continues exactly. An existing checkpoint is never
-replaced without --overwrite. Bad input (missing images...) -> one line on stderr, exit 2.
+--checkpoint DIR` loads the latest), trainer_state.json (losses, evaluations) and accelerate's
+state (model.safetensors, optimizer, RNG, progress.json), so --resume [latest|FOLDER] continues
+exactly. An existing checkpoint is never replaced without --overwrite. Bad input (missing
+images...) -> one line on stderr, exit 2.
 
-Pairs stream from disk (`iedit_data.PairDataset` + DataLoader, --workers processes): only the
-records (paths, texts) are held; each step reads and encodes its own pair, whose index comes
-from (seed, step), so memory does not grow with the number of pairs and --resume is exact.
+Pairs stream from disk (`iedit_data.PairDataset` read by a DataLoader, --workers processes):
+only the records (paths, texts) are held; each step reads and encodes its own pairs, whose
+indices come from (seed, step) (engine/train/accel.py: epoch-wise permutations), so memory does
+not grow with the number of pairs and --resume is exact.
+
+At scale: `accelerate launch --multi_gpu --num_processes N -m engine.train.iedit ...` trains
+data-parallel (DDP via accelerator.prepare). --batch pairs per process and --grad-accum micro
+steps: a step averages Eq. 12 over batch x N x accumulation pairs, each pair's t and eps_1 drawn
+from (seed, step, its position), so N processes reproduce one with N times the batch. The
+resting block group (Sec. 4.1) gets its gradient dropped before AdamW's step (AdamW skips
+parameters without a gradient), which DDP needs (every trained parameter takes part each step).
+--mixed-precision auto|no|fp16|bf16 (auto: bf16 on a GPU that has it, fp16 on older GPUs, no on
+the CPU), --gradient-checkpointing (the UNet copy), logging from the main process only.
 
 Mechanisms and the tests that guard them (tests/test_iedit_train.py unless named; breakages
 in tests/mutants/m_iedit.py):
@@ -43,7 +57,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import re
+import os
 import shutil
 import sys
 from contextlib import nullcontext
@@ -56,10 +70,10 @@ import torch
 from engine.core import clip as CL
 from engine.core import masks as MK
 from engine.core import sampling as S
-from engine.train.iedit_data import PairDataset, pair_loader
+from engine.train import accel
+from engine.train.iedit_data import PairDataset
 from engine.train.perceptual import perceptual_loss
 
-STEP_DIR = re.compile(r"^checkpoint-(\d+)$")
 EVAL_TIMESTEPS = (100, 500, 900)
 EVAL_PAIRS = 4
 
@@ -78,6 +92,11 @@ class TrainConfig:
     overwrite: bool = False
     mask_threshold: float = 0.5
     workers: int = 0  # DataLoader processes reading pairs from disk (0: the training process)
+    batch: int = 1  # pairs per process per step (the paper: 1 on one GPU)
+    grad_accum: int = 1
+    mixed_precision: str = "auto"  # accel.resolve_precision: bf16 on a GPU that has it, no on the CPU
+    gradient_checkpointing: bool = False
+    keep_checkpoints: int = 0  # 0: keep every checkpoint (each holds the UNet users load)
 
 
 @dataclass
@@ -116,6 +135,8 @@ def validate(cfg: TrainConfig) -> None:
     check_number("save every", cfg.save_every, 1, 10_000_000, integer=True)
     check_number("mask threshold", cfg.mask_threshold, 0.0, 1.0)
     check_number("workers", cfg.workers, 0, 64, integer=True)
+    check_number("batch", cfg.batch, 1, 4096, integer=True)
+    accel.check_arguments(cfg.grad_accum, cfg.save_every)
     res = check_number("resolution", cfg.resolution, 64, 1024, integer=True)
     if res % 8:
         raise ValueError(f"resolution must be a multiple of 8, got {res}")
@@ -179,7 +200,8 @@ def iedit_loss(unet, p: Prepared, t: int, eps1: torch.Tensor, models, alphas: to
     a_t = alphas[t].to(p.z1.device, torch.float32)
     z_t = a_t.sqrt() * p.z1 + (1 - a_t).sqrt() * eps1                       # Eq. 2
     eps2 = (z_t - a_t.sqrt() * p.z2) / (1 - a_t).sqrt()                      # Eq. 3
-    eps = unet(z_t.to(unet.dtype), t, encoder_hidden_states=p.y2.to(unet.dtype)).sample.float()
+    dtype = getattr(unet, "dtype", torch.float32)  # (a DDP-wrapped UNet has no dtype: fp32 master weights)
+    eps = unet(z_t.to(dtype), t, encoder_hidden_states=p.y2.to(dtype)).sample.float()
     if counter is not None:
         counter.forward += 1
     fg = ((eps2 * p.m2_lat - eps * p.m2_lat) ** 2).mean()                   # Eq. 9, foreground
@@ -212,90 +234,62 @@ def evaluate(unet, prepared: list[Prepared], models, alphas, lambda_perc: float)
 
 # -- checkpoints ----------------------------------------------------------------------------------------
 def step_dirs(out: Path) -> list[tuple[int, Path]]:
-    if not out.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name)))
+    """Complete checkpoints (accelerate's state and unet/ both written), oldest first."""
+    return accel.checkpoints(out)
 
 
-def save_checkpoint(out: Path, step: int, unet, optimizer, gen: torch.Generator, state: dict,
-                    overwrite: bool) -> Path:
-    """Write DIR/checkpoint-NNNNNN atomically (a temporary folder renamed at the end)."""
-    from safetensors.torch import save_file
+def save_checkpoint(accelerator, out: Path, step: int, unet, state: dict) -> Path:
+    """DIR/checkpoint-NNNNNN: accelerate's state (model, optimizer, RNG) for --resume, plus unet/
+    (diffusers layout, safetensors) for inference and trainer_state.json; renamed into place last."""
+    def users_files(folder: Path) -> None:
+        accelerator.unwrap_model(unet).save_pretrained(folder / "unet", safe_serialization=True)
+        (folder / "trainer_state.json").write_text(json.dumps(dict(state, step=step), indent=1))
 
-    final = out / f"checkpoint-{step:06d}"
-    if final.exists() and not overwrite:
-        raise ValueError(f"{final} already exists; pass --overwrite to replace it")
-    tmp = out / f".tmp-checkpoint-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    unet.save_pretrained(tmp / "unet", safe_serialization=True)
-    opt = optimizer.state_dict()
-    tensors = {f"{i}.{k}": (v if isinstance(v, torch.Tensor) else torch.tensor(v)).detach().cpu().contiguous()
-               for i, st in opt["state"].items() for k, v in st.items()}
-    tensors["rng"] = gen.get_state()
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "trainer_state.json").write_text(json.dumps(dict(state, step=step, param_groups=opt["param_groups"]),
-                                                       indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    return final
+    return accel.save_checkpoint(accelerator, out, step, {"state": state}, extra=users_files)
 
 
-def load_checkpoint(folder: Path, unet, optimizer, gen: torch.Generator) -> dict:
-    from diffusers import UNet2DConditionModel
-    from safetensors.torch import load_file
-
-    from engine.core.unet_checkpoint import _check_shapes
-
-    trained = UNet2DConditionModel.from_pretrained(str(folder / "unet"), torch_dtype=torch.float32,
-                                                   use_safetensors=True)
-    _check_shapes(unet, trained, f"the checkpoint in {folder}")
-    unet.load_state_dict(trained.state_dict())
-    state = json.loads((folder / "trainer_state.json").read_text())
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    gen.set_state(tensors.pop("rng"))
-    opt_state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        i, _, name = key.partition(".")
-        opt_state.setdefault(int(i), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
-    return state
-
-
-def _start(out: Path, cfg: TrainConfig, notes: list[str]) -> Optional[Path]:
+def _start(out: Path, cfg: TrainConfig, notes: list[str], main: bool) -> Optional[Path]:
     """The checkpoint to resume from (or None), after the overwrite rules."""
+    resume = "latest" if cfg.resume is True else (cfg.resume or None)
     existing = step_dirs(out)
-    if cfg.resume:
-        if existing:
-            return existing[-1][1]
-        notes.append(f"--resume: no checkpoint in {out} yet, starting from the base UNet")
-        return None
-    if existing and not cfg.overwrite:
-        raise ValueError(f"{out} already holds {existing[-1][1].name}; pass --resume to continue that run "
+    if resume:
+        found = accel.find_resume(out, resume)
+        if found is None:
+            notes.append(f"--resume: no checkpoint in {out} yet, starting from the base UNet")
+        return found
+    stale = [p for p in out.iterdir() if p.is_dir() and accel.CHECKPOINT.match(p.name)] if out.is_dir() else []
+    if stale and not cfg.overwrite:
+        raise ValueError(f"{out} already holds {sorted(stale)[-1].name}; pass --resume to continue that run "
                          "or --overwrite to start again and replace its checkpoints")
-    for _, folder in existing:  # --overwrite: a fresh run replaces the old checkpoints
-        shutil.rmtree(folder)
+    if main:
+        for folder in stale:  # --overwrite: a fresh run replaces the old checkpoints
+            shutil.rmtree(folder)
     return None
 
 
 # -- training --------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, models, on_step: Optional[Callable[[int, int, dict], None]] = None,
           progress: bool = True) -> TrainResult:
-    from tqdm.auto import tqdm
-
+    """Train on this process's share of every step (accelerate: one process or many, see
+    engine/train/accel.py); step s uses the pairs global_indices(seed, s) and each pair's t and
+    eps_1 come from (seed, s, its position), so N processes with batch b reproduce one process
+    with batch N x b. The result's losses are means over all processes."""
     validate(cfg)
     dataset = PairDataset(cfg.pairs, cfg.resolution)  # records only: pairs stream from disk per step
     out = Path(cfg.out)
-    notes: list[str] = []
-    resume_from = _start(out, cfg, notes)
+    device = models.device
+    accelerator, precision_why = accel.make_accelerator(cfg.mixed_precision, cpu=device.type == "cpu")
+    main = accelerator.is_main_process
+    notes: list[str] = [f"mixed precision: {precision_why}"]
+    resume_from = _start(out, cfg, notes, main)
+    accelerator.wait_for_everyone()
     out.mkdir(parents=True, exist_ok=True)
 
     sd = models.sd()
-    device = models.device
-    # The few evaluation pairs are encoded once; the training pairs are loaded step by step.
+    # The few evaluation pairs are encoded once (main process); the training pairs step by step.
     made = 0
     prepared = []
-    for i in range(min(EVAL_PAIRS, len(dataset))):
+    for i in range(min(EVAL_PAIRS, len(dataset))) if main else ():
         p, k = prepare_item(dataset[i], models, cfg)
         prepared.append(p)
         made += k
@@ -309,13 +303,18 @@ def train(cfg: TrainConfig, models, on_step: Optional[Callable[[int, int, dict],
     unet.train()
     unet.requires_grad_(False)
     groups = block_groups(unet)
+    for params in groups.values():  # trainable for DDP; the resting group's gradients are dropped each step
+        for prm in params:
+            prm.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(groups["input"] + groups["middle"], lr=cfg.lr, weight_decay=0.0)
-    gen = S.make_generator(cfg.seed, device)
+    wrapped, optimizer = accelerator.prepare(unet, optimizer)
     state = {"config": asdict(cfg), "losses": [], "eval": []}
     start = 0
     if resume_from is not None:
-        state = load_checkpoint(resume_from, unet, optimizer, gen)
-        start = int(state["step"])
+        state = accel.load_checkpoint(accelerator, resume_from)["state"]
+        start = int(accel.read_progress(resume_from)["step"])
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr
         notes.append(f"resumed from {resume_from.name}")
@@ -325,50 +324,75 @@ def train(cfg: TrainConfig, models, on_step: Optional[Callable[[int, int, dict],
             return TrainResult(start, resume_from, ev, ev, _curves(state["losses"]), notes)
     state["config"] = asdict(cfg)
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    def evaluate_now() -> float:
+        if not main:
+            return float("nan")
+        with accelerator.autocast():
+            return evaluate(accelerator.unwrap_model(wrapped), prepared, models, alphas, cfg.lambda_perc)
+
     if start == 0 or not state.get("eval"):
-        with autocast:
-            eval_start = evaluate(unet, prepared, models, alphas, cfg.lambda_perc)
+        eval_start = evaluate_now()
         state["eval"].append({"step": start, "loss": eval_start})
     else:  # resumed: the evaluation stored with the checkpoint
         eval_start = float(state["eval"][-1]["loss"])
     last_saved = resume_from
     T = alphas.shape[0]
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="iEdit fine-tuning",
-               disable=not progress, file=sys.stderr)
+    bar = accel.MainLog(accelerator, quiet=not progress).bar(cfg.steps, start, "iEdit fine-tuning")
     eval_end = eval_start
-    loader = iter(pair_loader(dataset, cfg.seed, start, cfg.steps, cfg.workers))
+    loader = iter(accel.step_loader(dataset, cfg.seed, start, cfg.steps, cfg.batch, cfg.grad_accum, accelerator,
+                                    cfg.workers))
+    micro_count = cfg.batch * cfg.grad_accum  # pairs of this process in a step; the loss is their mean
     try:
-        for step in bar:
+        for step in range(start, cfg.steps):
             # Input and middle blocks in turn (Sec. 4.1).
             active = "input" if step % 2 == 0 else "middle"
-            for name, params in groups.items():
+            sums: dict[str, torch.Tensor] = {}
+            seen_t, seen_pairs = [], []
+            for micro in range(cfg.grad_accum):
+                at, samples = next(loader)  # this process's pairs of the step, read from disk
+                assert at == step, (at, step)
+                for n, (j, index, item) in enumerate(samples):
+                    p, k = prepare_item(item, models, cfg)
+                    made += k
+                    g = accel.sample_generator(cfg.seed, step, j)
+                    t = int(torch.randint(T, (1,), generator=g))
+                    eps1 = torch.randn(tuple(p.z1.shape), generator=g).to(device)
+                    last = micro == cfg.grad_accum - 1 and n == len(samples) - 1
+                    with (nullcontext() if last else accelerator.no_sync(wrapped)):
+                        with accelerator.autocast():
+                            losses = iedit_loss(wrapped, p, t, eps1, models, alphas, cfg.lambda_perc)
+                        accelerator.backward(losses["loss"] / micro_count)
+                    for key, v in losses.items():
+                        sums[key] = sums.get(key, 0) + v.detach().float() / micro_count
+                    seen_t.append(t)
+                    seen_pairs.append(int(index))
+            for name, params in groups.items():  # only the active group moves (AdamW skips grad None)
                 for prm in params:
-                    prm.requires_grad_(name == active)
-            item = next(loader)  # this step's pair, read from disk (StepSampler)
-            p, k = prepare_item(item, models, cfg)
-            made += k
-            t = int(torch.randint(T, (1,), generator=gen))
-            eps1 = S.randn(tuple(p.z1.shape), gen, device, torch.float32)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                losses = iedit_loss(unet, p, t, eps1, models, alphas, cfg.lambda_perc)
-            losses["loss"].backward()
+                    if name != active:
+                        prm.grad = None
             optimizer.step()
-            values = {k: round(float(v.detach()), 6) for k, v in losses.items()}
-            state["losses"].append(dict(values, step=step + 1, t=t, blocks=active, pair=int(item["index"])))
-            bar.set_postfix(loss=f"{values['loss']:.4f}", t=t, blocks=active)
+            optimizer.zero_grad(set_to_none=True)
+            keys = sorted(sums)
+            means = accelerator.reduce(torch.stack([sums[k] for k in keys]), reduction="mean")
+            values = {k: round(float(v), 6) for k, v in zip(keys, means)}
+            row = dict(values, step=step + 1, t=seen_t[0], blocks=active, pair=seen_pairs[0])
+            if len(seen_t) > 1 or accelerator.num_processes > 1:
+                row.update(t_local=seen_t, pairs_local=seen_pairs)
+            state["losses"].append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", blocks=active)
             if on_step:
                 on_step(step + 1, cfg.steps, values)
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                with autocast:
-                    eval_end = evaluate(unet, prepared, models, alphas, cfg.lambda_perc)
+                eval_end = evaluate_now()
                 state["eval"].append({"step": step + 1, "loss": eval_end})
-                last_saved = save_checkpoint(out, step + 1, unet, optimizer, gen, state, cfg.overwrite)
+                last_saved = save_checkpoint(accelerator, out, step + 1, wrapped, state)
+                if main and cfg.keep_checkpoints:
+                    accel.prune(out, cfg.keep_checkpoints)
     finally:
         bar.close()
-        unet.requires_grad_(False)
         del loader  # stops the loader's worker processes
+    unet.requires_grad_(False)
     if made:
         notes.append(f"masks missing from the pairs file were made with CLIPSeg ({made} times)")
     return TrainResult(cfg.steps, last_saved, eval_start, eval_end, _curves(state["losses"]), notes)
@@ -391,11 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-4, help="learning rate (paper: 2e-4)")
     p.add_argument("--resolution", type=int, default=384, help="training square in pixels (paper: 384)")
     p.add_argument("--lambda-perc", type=float, default=0.1, help="weight of the perceptual loss (not given in the paper)")
-    p.add_argument("--save-every", type=int, default=1000, help="write a checkpoint every N steps (and at the end)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mask-threshold", type=float, default=0.5, help="CLIPSeg threshold for masks missing from the pairs")
     p.add_argument("--workers", type=int, default=2, help="processes loading pairs from disk (0: none)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    accel.add_arguments(p, save_every=1000)
+    p.add_argument("--batch", type=int, default=1, help="pairs per process per step (the paper: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace existing checkpoints in --out")
     p.add_argument("--profile", choices=PROFILES, default="sd15")
     p.add_argument("--device", default=None)
@@ -410,14 +434,23 @@ def main(argv=None) -> int:
     cfg = TrainConfig(pairs=args.pairs, out=args.out, steps=args.steps, lr=args.lr, resolution=args.resolution,
                       lambda_perc=args.lambda_perc, save_every=args.save_every, seed=args.seed,
                       resume=args.resume, overwrite=args.overwrite, mask_threshold=args.mask_threshold,
-                      workers=args.workers)
+                      workers=args.workers, batch=args.batch, grad_accum=args.grad_accum,
+                      mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+                      keep_checkpoints=args.keep_checkpoints)
+    rank = int(os.environ.get("RANK", "0"))
     try:
         overrides = dict(_override(text) for text in args.model)
-        models = ModelCache(args.profile, device=args.device, overrides=overrides)
+        device = args.device
+        if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            device = str(accel.process_state().device)  # this process's GPU under accelerate launch
+        models = ModelCache(args.profile, device=device, overrides=overrides)
         result = train(cfg, models)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
+    if rank != 0:
+        return 0
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"eval loss {result.eval_loss_start:.4f} -> {result.eval_loss_end:.4f}; "

@@ -11,6 +11,7 @@ F_RUN = "engine/methods/iedit.py"
 F_BLEND = "engine/core/blended.py"
 F_TRAIN = "engine/train/iedit.py"
 F_DATA = "engine/train/iedit_data.py"
+F_ACCEL = "engine/train/accel.py"  # the pairs of each step (global_indices)
 F_SWAP = "engine/train/word_swap.py"
 F_PAIRS = "engine/train/iedit_pairs.py"
 F_CLIP = "engine/core/clip.py"
@@ -90,22 +91,24 @@ MUTANTS = [
            tests=TRAIN_TESTS),
     Mutant("iedit.eq12-perc-dropped", F_TRAIN, " + lambda_perc * l_perc", "", "Eq. 12: lambda_perc L_perc is in the loss",
            tests=TRAIN_TESTS),
-    Mutant("iedit.eq12-wrong-loss-backpropagated", F_TRAIN, 'losses["loss"].backward()', 'losses["mask"].backward()',
+    Mutant("iedit.eq12-wrong-loss-backpropagated", F_TRAIN, 'accelerator.backward(losses["loss"] / micro_count)',
+           'accelerator.backward(losses["mask"] / micro_count)',
            "Eq. 12: the update follows the gradient of the whole loss", tests=TRAIN_TESTS),
     Mutant("iedit.masks-swapped", F_TRAIN, "m1, m2 = m1[None].float(), m2[None].float()",
            "m1, m2 = m2[None].float(), m1[None].float()", "Eq. 9-11: M_1 is the source's mask, M_2 the target's",
            tests=TRAIN_TESTS),
     Mutant("iedit.z2-from-source", F_TRAIN, "z2 = _encode(sd, x2)", "z2 = _encode(sd, x1)",
            "Eq. 3: z_2 = E(x_2), the pseudo-target", tests=TRAIN_TESTS),
-    Mutant("iedit.no-alternation", F_TRAIN, "prm.requires_grad_(name == active)", "prm.requires_grad_(True)",
+    Mutant("iedit.no-alternation", F_TRAIN, "if name != active:", "if False:",
            "Sec. 4.1: input and middle blocks updated alternately", tests=TRAIN_TESTS),
     Mutant("iedit.input-blocks-only", F_TRAIN, 'active = "input" if step % 2 == 0 else "middle"', 'active = "input"',
            "Sec. 4.1: the middle block gets its turn", tests=TRAIN_TESTS),
-    Mutant("iedit.loader-materialises-all-pairs", F_TRAIN, "for i in range(min(EVAL_PAIRS, len(dataset))):",
-           "for i in range(len(dataset)):", "issue 14 fix: pairs stream from disk, memory flat in the pair count",
+    Mutant("iedit.loader-materialises-all-pairs", F_TRAIN, "for i in range(min(EVAL_PAIRS, len(dataset)))",
+           "for i in range(len(dataset))", "issue 14 fix: pairs stream from disk, memory flat in the pair count",
            tests=TRAIN_TESTS),
-    Mutant("iedit.loader-same-pair-every-step", F_DATA, "yield int(torch.randint(self.n, (1,), generator=gen))",
-           "yield 0", "training draws a pair per step from the whole set", tests=TRAIN_TESTS),
+    Mutant("iedit.loader-same-pair-every-step", F_ACCEL, "out.append(int(perm[p % n]))",
+           "out.append(0)", "training draws a pair per step from the whole set",
+           tests=TRAIN_TESTS + ("tests/test_accel_unit.py",)),
 
     # -- pairs (Sec. 3.1) -----------------------------------------------------------------------------------------
     Mutant("iedit.swap-changes-zero-words", F_SWAP, SWAP, "edited = list(tokens)",
