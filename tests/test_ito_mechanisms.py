@@ -380,20 +380,24 @@ def test_encoding_ratio_sets_where_inversion_stops_and_the_edit_starts(tiny_mode
 def test_t_u_k_and_lr_set_how_hard_the_edit_is_pulled_to_the_photo(tiny_models, photo64, left_half):
     """Preservation only (lambda = 1), a drawn mask: no update (t_u = 0, or k = 0) is the plain DDIM
     decode of the inversion under C_EDIT, the same either way; more update steps t_u, more gradient
-    steps k or a larger gamma each bring the edit's latents closer to the photo's outside the mask."""
+    steps k or a larger gamma each bring the edit's latents closer to the photo's outside the mask
+    (Eq. 4's keep = 1 - m), while inside the mask they gain (almost) nothing."""
     sd = tiny_models.sd()
     x0 = S.encode_image(sd, photo64).float()
 
-    def outside(**kw):
+    def distances(**kw):  # (outside, inside) mean |y_0 - x_0|
         with probe(tiny_models) as p:
             ito.run(ito.ITOInputs(**{**dict(image=photo64, mask=left_half, lam=1.0, steps=4, t_u=4, k=1, lr=0.1,
                                             **BASE), **kw}), tiny_models)
-        return float(((p.decoded[-1] - x0).abs() * (1 - LEFT)).sum() / (4 * (1 - LEFT).sum()))
+        d = (p.decoded[-1] - x0).abs()
+        return float((d * (1 - LEFT)).sum() / (4 * (1 - LEFT).sum())), float((d * LEFT).sum() / (4 * LEFT.sum()))
 
-    free = outside(t_u=0)
-    assert outside(k=0) == free
-    by_t_u = [outside(t_u=t) for t in (2, 3, 4)]
-    by_k = [outside(k=k) for k in (1, 2, 3)]
-    by_lr = [outside(lr=lr) for lr in (0.02, 0.05, 0.1)]
-    for name, seq in (("t_u", by_t_u), ("k", by_k), ("lr", by_lr)):
+    free, free_in = distances(t_u=0)
+    assert distances(k=0) == (free, free_in)
+    by_t_u = [distances(t_u=t)[0] for t in (2, 3, 4)]
+    by_k = [distances(k=k) for k in (1, 2, 3)]
+    by_lr = [distances(lr=lr)[0] for lr in (0.02, 0.05, 0.1)]
+    for name, seq in (("t_u", by_t_u), ("k", [d[0] for d in by_k]), ("lr", by_lr)):
         assert free > seq[0] > seq[1] > seq[2], (name, free, seq)
+    strong_out, strong_in = by_k[-1]
+    assert free_in - strong_in < 0.2 * (free - strong_out), (free, free_in, by_k[-1])
