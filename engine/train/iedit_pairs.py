@@ -14,6 +14,11 @@ For every image x_1 of the folder:
 Images whose caption has no swappable word are skipped (and counted). Bad input -> a line on
 stderr and exit code 2; an existing pairs file is kept unless --overwrite.
 
+At scale: `accelerate launch --multi_gpu --num_processes N -m engine.train.iedit_pairs ...` (the
+same flags) splits the images, then the pairs, over N processes (engine/train/shards.py): one
+item per image and per pair under PAIRS_work/, finished items skipped, so a killed job resumes
+where it stopped; the main process merges them into the pairs file.
+
 Guarding tests (tests/test_iedit.py): exactly one word swapped, with the adjective's noun in
 y^diff: test_swap_changes_exactly_one_word, test_pair_builder; retrieval by the mean of the
 image and edit-prompt embeddings, never the source or a copy of it:
@@ -23,9 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
@@ -76,14 +84,49 @@ def retrieve_targets(image_emb: torch.Tensor, text_emb: torch.Tensor, sources: l
     return sims.argmax(dim=1).tolist()
 
 
+def _caption_one(path: Path, given: dict, lex, seed: int, models, work: Path) -> tuple[dict, list[str]]:
+    """Stage 1 of one image: caption, one-word swap, CLIP image embedding (a file), pixel hash."""
+    from safetensors.torch import save_file
+
+    from engine.core.clip import image_embeddings
+
+    try:
+        photo = load_image(path, WORK_SIDE)
+    except ValueError as exc:
+        return {"skipped": f"skipped {path.name}: {exc}"}, []
+    if path.name in given:
+        text = " ".join(given[path.name].split())
+    else:
+        from engine.core.caption import caption
+
+        text = caption(models.get("blip"), photo)
+    swap = swap_one_word(text, lex, random.Random(f"{seed}:{path.name}"))
+    emb_file = work / "embeddings" / f"{path.name}.safetensors"
+    emb_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = emb_file.with_name(f".{emb_file.name}.tmp")
+    save_file({"image": image_embeddings(models.get("clip"), [photo])[0].float().cpu().contiguous()}, str(tmp))
+    tmp.replace(emb_file)
+    record = {"caption": text, "hash": image_hash(photo), "embedding": str(emb_file),
+              "swap": None if swap is None else vars(swap)}
+    return record, [str(emb_file)]
+
+
 def build_pairs(images_dir, out, models, lexicon: Optional[str] = None, captions: Optional[str] = None,
                 seed: int = 0, mask_threshold: float = 0.5, overwrite: bool = False,
                 progress: bool = True) -> tuple[list[PairRecord], list[str]]:
-    """Write the pairs file and its masks; return the records and notes (skipped images...)."""
+    """Write the pairs file and its masks; return the records and notes (skipped images...).
+
+    A sharded, resumable job (engine/train/shards.py; run it under `accelerate launch` to split it):
+    stage 1, one item per image (caption, word swap, CLIP embedding) under OUT_work/images/;
+    retrieval over the whole pool's embeddings; stage 2, one item per pair (pseudo-target, CLIPSeg
+    masks) under OUT_work/pairs/; the main process then writes the pairs file. A job stopped at any
+    point redoes only the unfinished items; --overwrite starts over."""
+    from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
-    from engine.core.clip import image_embeddings, text_embeddings
+    from engine.core.clip import text_embeddings
     from engine.core.segment import clipseg_mask
+    from engine.train.shards import ShardedJob, save_image
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -94,63 +137,64 @@ def build_pairs(images_dir, out, models, lexicon: Optional[str] = None, captions
         raise ValueError(f"mask threshold must be between 0 and 1, got {mask_threshold}")
     lex = load_lexicon(lexicon)
     given = read_captions(captions)
-    notes: list[str] = []
+    paths = list_images(Path(images_dir))
+    work = out.parent / f"{out.stem}_work"
+    settings = {"images": str(Path(images_dir).resolve()), "lexicon": lexicon, "captions": given, "seed": seed,
+                "profile": getattr(models, "profile", None)}
 
-    paths, photos = [], []
-    for path in list_images(Path(images_dir)):
-        try:
-            photos.append(load_image(path, WORK_SIDE))
-            paths.append(path)
-        except ValueError as exc:
-            notes.append(f"skipped {path.name}: {exc}")
-    if len(photos) < 2:
-        raise ValueError(f"{images_dir} holds {len(photos)} readable image(s); the retrieval needs at least 2")
-
-    # 1-2. captions and edit prompts
-    swaps, sources = [], []
-    for i, (path, photo) in enumerate(tqdm(list(zip(paths, photos)), desc="captions", disable=not progress,
-                                           file=sys.stderr)):
-        if path.name in given:
-            text = " ".join(given[path.name].split())
-        else:
-            from engine.core.caption import caption
-
-            text = caption(models.get("blip"), photo)
-        swap = swap_one_word(text, lex, random.Random(f"{seed}:{path.name}"))
-        if swap is None:
-            notes.append(f"skipped {path.name}: no swappable noun or adjective in '{text}'")
-            continue
-        swaps.append((text, swap))
-        sources.append(i)
-    if not swaps:
+    # 1-2. captions, edit prompts and image embeddings: one item per image, split over the processes
+    stage1 = ShardedJob(work / "images", signature=dict(settings, stage="images"))
+    names = [p.name for p in paths]
+    by_name = dict(zip(names, paths))
+    for name in tqdm(stage1.mine(names), desc="captions", disable=not progress or not stage1.is_main,
+                     file=sys.stderr):
+        record, files = _caption_one(by_name[name], given, lex, seed, models, work / "images")
+        stage1.finish(name, record, files)
+    items = stage1.merge(names)
+    notes = [it["record"]["skipped"] for it in items if "skipped" in it["record"]]
+    pool = [it for it in items if "skipped" not in it["record"]]
+    if len(pool) < 2:
+        raise ValueError(f"{images_dir} holds {len(pool)} readable image(s); the retrieval needs at least 2")
+    notes += [f"skipped {it['key']}: no swappable noun or adjective in '{it['record']['caption']}'"
+              for it in pool if it["record"]["swap"] is None]
+    sources = [k for k, it in enumerate(pool) if it["record"]["swap"] is not None]
+    if not sources:
         raise ValueError("no caption had a noun or adjective with an antonym or co-hyponym; "
                          "try another lexicon or more images")
 
-    # 3. pseudo-targets by the mean CLIP embedding of source image and edit prompt
-    clip = models.get("clip")
-    image_emb = torch.cat([image_embeddings(clip, photos[k:k + 32]) for k in range(0, len(photos), 32)])
-    text_emb = text_embeddings(clip, [s.edit_prompt for _, s in swaps])
-    targets = retrieve_targets(image_emb, text_emb, sources, [image_hash(p) for p in photos])
-
-    # 4. CLIPSeg masks of the changed word in both images, saved beside the pairs file
+    # 3-4. pseudo-targets (mean CLIP embedding of source image and edit prompt) and CLIPSeg masks:
+    # one item per pair; the pool's embeddings (n x D floats) are the only thing read whole
+    stage2 = ShardedJob(work / "pairs", signature=dict(settings, stage="pairs", mask_threshold=mask_threshold))
+    keys = [pool[k]["key"] for k in sources]
+    todo = set(stage2.mine(keys))
     mask_dir = out.parent / f"{out.stem}_masks"
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    seg = models.get("clipseg")
-    records = []
-    for k, ((text, swap), i, j) in enumerate(tqdm(list(zip(swaps, sources, targets)), desc="masks",
-                                                  disable=not progress, file=sys.stderr)):
-        files = []
-        for photo, phrase, role in ((photos[i], swap.source_diff, "source"), (photos[j], swap.target_diff, "target")):
-            m = MK.binarize(clipseg_mask(seg, photo, phrase), mask_threshold)
-            f = mask_dir / f"{k:06d}_{role}.png"
-            Image.fromarray((m * 255).astype(np.uint8), "L").save(f)
-            files.append(str(f))
-        records.append(PairRecord(source=str(paths[i]), target=str(paths[j]), edit_prompt=swap.edit_prompt,
-                                  source_caption=text, source_word=swap.source_word, target_word=swap.target_word,
-                                  pos=swap.pos, source_diff=swap.source_diff, target_diff=swap.target_diff,
-                                  source_mask=files[0], target_mask=files[1]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_pairs(out, records)
+    mine = [k for k in sources if pool[k]["key"] in todo]
+    if mine:
+        image_emb = torch.stack([load_file(it["record"]["embedding"])["image"] for it in pool])
+        swaps = [SimpleNamespace(**pool[k]["record"]["swap"]) for k in mine]
+        text_emb = text_embeddings(models.get("clip"), [sw.edit_prompt for sw in swaps])
+        targets = retrieve_targets(image_emb, text_emb, mine, [it["record"]["hash"] for it in pool])
+        seg = models.get("clipseg")
+        for i, j, swap in tqdm(list(zip(mine, targets, swaps)), desc="masks", disable=not progress or not stage2.is_main,
+                               file=sys.stderr):
+            files = []
+            for k, phrase, role in ((i, swap.source_diff, "source"), (j, swap.target_diff, "target")):
+                photo = load_image(by_name[pool[k]["key"]], WORK_SIDE)
+                m = MK.binarize(clipseg_mask(seg, photo, phrase), mask_threshold)
+                f = mask_dir / f"{pool[i]['key'].replace('.', '_')}_{role}.png"
+                save_image(Image.fromarray((m * 255).astype(np.uint8), "L"), f)
+                files.append(str(f))
+            rec = PairRecord(source=str(by_name[pool[i]["key"]]), target=str(by_name[pool[j]["key"]]),
+                             edit_prompt=swap.edit_prompt, source_caption=pool[i]["record"]["caption"],
+                             source_word=swap.source_word, target_word=swap.target_word, pos=swap.pos,
+                             source_diff=swap.source_diff, target_diff=swap.target_diff,
+                             source_mask=files[0], target_mask=files[1])
+            stage2.finish(pool[i]["key"], asdict(rec), files)
+    records = [PairRecord(**it["record"]) for it in stage2.merge(keys)]
+    if stage2.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_pairs(out, records)
+    stage2.barrier()
     return records, notes
 
 
@@ -170,13 +214,22 @@ def main(argv=None) -> int:
     p.add_argument("--profile", choices=PROFILES, default="sd15")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        models = ModelCache(args.profile, device=args.device)
+        device = args.device
+        if device is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from engine.train.accel import process_state
+
+            device = str(process_state().device)  # this process's GPU under accelerate launch
+        models = ModelCache(args.profile, device=device)
         records, notes = build_pairs(args.images, args.out, models, lexicon=args.lexicon, captions=args.captions,
                                      seed=args.seed, mask_threshold=args.mask_threshold, overwrite=args.overwrite)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
+    if rank != 0:
+        return 0
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {len(records)} pairs to {args.out}", file=sys.stderr)
