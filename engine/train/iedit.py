@@ -60,6 +60,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -346,6 +347,7 @@ def train(cfg: TrainConfig, models, on_step: Optional[Callable[[int, int, dict],
         for step in range(start, cfg.steps):
             # Input and middle blocks in turn (Sec. 4.1).
             active = "input" if step % 2 == 0 else "middle"
+            began = time.perf_counter()
             sums: dict[str, torch.Tensor] = {}
             seen_t, seen_pairs = [], []
             for micro in range(cfg.grad_accum):
@@ -375,7 +377,8 @@ def train(cfg: TrainConfig, models, on_step: Optional[Callable[[int, int, dict],
             keys = sorted(sums)
             means = accelerator.reduce(torch.stack([sums[k] for k in keys]), reduction="mean")
             values = {k: round(float(v), 6) for k, v in zip(keys, means)}
-            row = dict(values, step=step + 1, t=seen_t[0], blocks=active, pair=seen_pairs[0])
+            row = dict(values, step=step + 1, t=seen_t[0], blocks=active, pair=seen_pairs[0],
+                       seconds=round(time.perf_counter() - began, 4))  # bench.scaling reads it
             if len(seen_t) > 1 or accelerator.num_processes > 1:
                 row.update(t_local=seen_t, pairs_local=seen_pairs)
             state["losses"].append(row)

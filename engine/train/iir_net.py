@@ -344,6 +344,7 @@ def train(args, models=None) -> dict:
                                     args.workers))
     try:
         for step in range(start + 1, args.steps + 1):
+            began = time.perf_counter()
             for group in opt.param_groups:  # linear warm-up to the maximum learning rate
                 group["lr"] = args.lr * min(1.0, step / args.warmup) if args.warmup else args.lr
             total = torch.zeros((), device=device)
@@ -363,6 +364,7 @@ def train(args, models=None) -> dict:
             opt.zero_grad(set_to_none=True)
             value = float(accelerator.reduce(total, reduction="mean"))  # the global batch's loss
             record["loss"].append(value)
+            record.setdefault("step_seconds", []).append(round(time.perf_counter() - began, 4))  # bench.scaling
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}")
             if step % args.eval_every == 0 or step == args.steps:
