@@ -219,17 +219,20 @@ def test_pairs_stream_from_disk_memory_does_not_grow_with_the_pairs(tiny_models,
     assert counts[0] == counts[1] == T.EVAL_PAIRS + 2, counts  # 1 evaluation pair + 2 steps
 
 
-def test_loader_workers_and_shards_give_the_same_pairs(tmp_path):
-    """The pair of each step depends on (seed, step) only: background workers give the same
-    stream as none, a resumed run continues it, and two shards split the file."""
+def test_loader_workers_give_the_same_steps_and_pairs_are_drawn_from_the_whole_set(tiny_models, tmp_path):
+    """The pairs of a step depend on (seed, step) only: training with a background loader process
+    records the same pairs, timesteps and losses as training without; over a few steps more than
+    one pair of the file is used; two shards of the pairs file split it."""
     pairs = _write_pairs(tmp_path / "data", 6)
-    ds = D.PairDataset(pairs, RES)
-    inline = [b["index"] for b in D.pair_loader(ds, seed=3, start=0, steps=5, workers=0)]
-    worked = [(b["index"], b["x1"].shape) for b in D.pair_loader(ds, seed=3, start=0, steps=5, workers=1)]
-    assert [i for i, _ in worked] == inline and all(s == (3, RES, RES) for _, s in worked)
-    assert [b["index"] for b in D.pair_loader(ds, seed=3, start=2, steps=5)] == inline[2:]
-    assert len(set(inline + [b["index"] for b in D.pair_loader(ds, seed=4, start=0, steps=5)])) > 1
+    rows = []
+    for workers in (0, 1):
+        out = tmp_path / f"run{workers}"
+        T.train(_cfg(pairs, out, steps=3, save_every=3, workers=workers), tiny_models, progress=False)
+        state = json.loads((out / "checkpoint-000003" / "trainer_state.json").read_text())
+        rows.append([(r["pair"], r["t"], round(r["loss"], 4)) for r in state["losses"]])
+    assert rows[0] == rows[1]
+    assert len({pair for pair, _, _ in rows[0]}) > 1
     a, b = D.PairDataset(pairs, RES, shard=(0, 2)), D.PairDataset(pairs, RES, shard=(1, 2))
-    assert len(a) == len(b) == 3
+    assert len(a) == len(b) == 3 and {r.source for r in a.records} != {r.source for r in b.records}
     with pytest.raises(ValueError, match="shard"):
         D.PairDataset(pairs, RES, shard=(2, 2))

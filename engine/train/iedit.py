@@ -50,7 +50,7 @@ in tests/mutants/m_iedit.py):
   test_iedit::test_training_lowers_loss_and_checkpoint_loads.
 - Sec. 4.1 alternate input / middle blocks: test_input_and_middle_blocks_are_updated_alternately.
 - Streaming: test_pairs_stream_from_disk_memory_does_not_grow_with_the_pairs,
-  test_loader_workers_and_shards_give_the_same_pairs.
+  test_loader_workers_give_the_same_steps_and_pairs_are_drawn_from_the_whole_set.
 """
 from __future__ import annotations
 

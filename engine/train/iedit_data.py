@@ -184,30 +184,3 @@ class PairDataset(torch.utils.data.Dataset):
         return {"index": int(i), "x1": p.x1[0], "x2": p.x2[0],
                 "m1": None if p.m1 is None else p.m1[0], "m2": None if p.m2 is None else p.m2[0],
                 "edit_prompt": rec.edit_prompt, "y1_diff": rec.y1_diff, "y2_diff": rec.y2_diff}
-
-
-class StepSampler(torch.utils.data.Sampler):
-    """The pair index of every training step from `start` to `steps`, each drawn from its own
-    seeded stream (seed, step): the same pair for a step whether or not the run was resumed,
-    and whatever the DataLoader's workers prefetch."""
-
-    def __init__(self, n: int, seed: int, start: int, steps: int):
-        self.n, self.seed, self.start, self.steps = int(n), int(seed), int(start), int(steps)
-
-    def __len__(self) -> int:
-        return max(0, self.steps - self.start)
-
-    def __iter__(self):
-        for step in range(self.start, self.steps):
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            yield int(torch.randint(self.n, (1,), generator=gen))
-
-
-def pair_loader(dataset: PairDataset, seed: int, start: int, steps: int, workers: int = 0):
-    """A DataLoader giving one pair (a dict, see PairDataset) per training step, loaded by
-    `workers` background processes (0: in the training process)."""
-    workers = int(workers)
-    if workers < 0:
-        raise ValueError(f"workers must be 0 or more, got {workers}")
-    return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=StepSampler(len(dataset), seed, start, steps),
-                                       num_workers=workers, prefetch_factor=2 if workers else None)
