@@ -121,14 +121,20 @@ def test_draw_a_scribble_stroke_and_run_the_edit(page, artifacts):
     page.locator("#ito-run").click()
     try:
         page.wait_for_selector("text=unet_evals", timeout=180_000)
-        page.locator("#ito-mask").scroll_into_view_if_needed()  # the images load lazily, when on screen
-        page.wait_for_function("['#ito-edit', '#ito-guidance', '#ito-mask'].every(s => { const i = "
-                               "document.querySelector(s + ' img'); return i && i.complete && i.naturalWidth; })",
+        # The mask and the guidance image are in the intermediates gallery, the edit in the before/after
+        # (each once: the separate images of earlier versions are API outputs only).
+        page.wait_for_function("() => { const vis = s => Array.from(document.querySelectorAll(s))"
+                               ".filter(e => e.offsetParent !== null); "
+                               "return vis('.result-compare img').some(i => i.complete && i.naturalWidth) && "
+                               "vis('.result-intermediates img').filter(i => i.complete && i.naturalWidth).length >= 2; }",
                                timeout=30_000)
     finally:
         page.screenshot(path=str(artifacts / "ito.png"), full_page=True)
     assert os.path.getsize(artifacts / "ito.png") > 10_000
-    assert page.locator("#ito-edit img").first.evaluate("i => i.naturalWidth") == 128
+    widths = page.evaluate("() => Array.from(document.querySelectorAll('.result-compare img'))"
+                           ".filter(e => e.offsetParent !== null).map(i => i.naturalWidth)")
+    assert 128 in widths, widths
+    assert not page.locator("#ito-edit").is_visible() and not page.locator("#ito-mask").is_visible()
     assert not page.errors, page.errors
 
 

@@ -116,7 +116,8 @@ def test_in_headless_chromium(tiny_models, artifacts):
             page.locator("#p2pz-run").click()
             page.wait_for_selector("text=unet_evals", timeout=120_000)
             assert page.locator("text=/\"forward\": ?%d/" % (4 * STEPS)).count() >= 1
-            page.wait_for_selector("#p2pz-reconstruction img", timeout=30_000)
+            page.get_by_text("reconstruction", exact=True).first.wait_for(timeout=30_000)  # in the intermediates
+            assert not page.locator("#p2pz-reconstruction").is_visible()  # not shown a second time
             shot = artifacts / "pix2pix_zero.png"
             page.screenshot(path=str(shot), full_page=True)
             assert page.locator("#fake-banner").is_visible()

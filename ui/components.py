@@ -77,9 +77,13 @@ class ResultPanel:
 
 
 def result_panel(num_results_label: str = "Results") -> ResultPanel:
-    compare = gr.ImageSlider(label="Before / after", type="pil", max_height=520)
-    results = gr.Gallery(label=num_results_label, columns=4, height="auto", type="pil", format="png")
-    intermediates = gr.Gallery(label="Intermediates", columns=4, height="auto", type="pil", format="png")
+    # The column holding these stays in view while the controls scroll (assets/studio.css), so a
+    # result is on screen when it arrives.
+    compare = gr.ImageSlider(label="Before / after", type="pil", max_height=520, elem_classes=["result-compare"])
+    results = gr.Gallery(label=num_results_label, columns=4, height="auto", type="pil", format="png",
+                         elem_classes=["result-gallery"])
+    intermediates = gr.Gallery(label="Intermediates", columns=4, height="auto", type="pil", format="png",
+                               elem_classes=["result-intermediates"])
     details = gr.JSON(label="Run details (seconds, UNet evaluations, parameters)")
     return ResultPanel(results, compare, intermediates, details)
 

@@ -59,8 +59,8 @@ def build(runner) -> None:
                 resolution = gr.Slider(64, 1024, value=D["resolution"], step=64, label="Resolution (longest side)")
                 C.quick_defaults_note(runner, iedit)
             seed = C.seed_row()
-            button, stop = C.run_buttons("iedit")
         with gr.Column():
+            button, stop = C.run_buttons("iedit")
             panel = C.result_panel("Results (click one to compare it with the photo)")
             shown = gr.Slider(1, 4, value=1, step=1, label="Result in the before/after slider", elem_id="iedit-shown")
     last = gr.State(None)  # (photo, results) of this session's last run, for picking one to compare

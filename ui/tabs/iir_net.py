@@ -61,8 +61,8 @@ def build(runner) -> None:
                 resolution = gr.Slider(64, 1024, value=D["resolution"], step=64, label="Resolution (longest side)")
                 C.quick_defaults_note(runner, iir_net)
             seed = C.seed_row()
-            button, stop = C.run_buttons("iir-net")
         with gr.Column():
+            button, stop = C.run_buttons("iir-net")
             panel = C.result_panel("Edit")
 
     # Typing the prompt fills the RoI text; a restored or example prompt leaves the RoI text it came with.

@@ -82,9 +82,11 @@ def build(runner) -> None:
             seed = C.seed_row()
             reread = gr.Button("Reset scribble, pose and caption from the photo", size="sm",
                                elem_id="ito-reread")
-            button, stop = C.run_buttons("ito")
         with gr.Column():
-            with gr.Row(equal_height=True):
+            button, stop = C.run_buttons("ito")
+            # The mask, the guidance image and the edit stay outputs of the API (clients read them by
+            # position) but are not shown twice: the panel's before/after and intermediates show them.
+            with gr.Row(equal_height=True, visible=False):
                 shown = dict(type="pil", format="png", interactive=False, height=240)
                 mask_out = gr.Image(label="Estimated mask", elem_id="ito-mask", **shown)
                 guidance_out = gr.Image(label="Guidance image", elem_id="ito-guidance", **shown)

@@ -87,8 +87,8 @@ def build(runner) -> None:
                 resolution = gr.Slider(64, 1024, value=D["resolution"], step=64, label="Resolution (longest side)")
                 C.quick_defaults_note(runner, LD)
             seed = C.seed_row()
-            button, stop = C.run_buttons("ld")
         with gr.Column():
+            button, stop = C.run_buttons("ld")
             panel = C.result_panel()
             losses = gr.LinePlot(loss_table({}), x="step", y="loss", color="curve", label="Losses",
                                  title="Optimisation losses per step", height=260, elem_id="ld-losses")

@@ -58,12 +58,13 @@ def build(runner) -> None:
                                        elem_id="p2pz-resolution")
                 C.quick_defaults_note(runner, pix2pix_zero)
             seed = C.seed_row()
-            button, stop = C.run_buttons("p2pz")
         with gr.Column():
+            button, stop = C.run_buttons("p2pz")
             panel = C.result_panel("Edit")
             reconstruction = gr.Image(label="Reconstruction (the inverted photo rebuilt with the caption)",
                                       type="pil", format="png", interactive=False, height=300,
-                                      elem_id="p2pz-reconstruction")
+                                      elem_id="p2pz-reconstruction", visible=False)  # an API output; the
+            # intermediates gallery shows the reconstruction (it was on screen twice)
 
     def write_caption(image, resolution, request: gr.Request):
         if image is None:

@@ -31,8 +31,8 @@ def build(runner) -> None:
                 resolution = gr.Slider(64, 1024, value=D["resolution"], step=64, label="Resolution (longest side)")
                 C.quick_defaults_note(runner, sdedit)
             seed = C.seed_row()
-            button, stop = C.run_buttons("sdedit")
         with gr.Column():
+            button, stop = C.run_buttons("sdedit")
             panel = C.result_panel()
 
     def edit(editor, grow, feather, invert, whole_image, prompt, strength, steps, cfg, num_results, negative,
