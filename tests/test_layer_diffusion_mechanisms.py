@@ -12,6 +12,7 @@ wrong weight (tests/mutants/m_layer_diffusion.py names the breakages):
 - Eq. 8: sampling alternates e_a (even t) and e_opt (odd t), with the optimised embeddings.
 - The fine-tuned UNet (LoRA or private copy) is the one that samples; an untrained one changes
   nothing.
+- Without a reference, O_r is generated from T_b and counts as background everywhere.
 """
 import numpy as np
 import pytest
@@ -243,3 +244,25 @@ def test_the_fine_tuned_unet_samples_and_an_untrained_one_changes_nothing(photo6
         "the trained LoRA adapter did not take part in sampling"
     assert float((finals["full"] - finals["full-untrained"]).abs().mean()) > 1e-2 * scale, \
         "the fine-tuned private copy did not take part in sampling"
+
+
+# -- the generated reference (no reference given) ----------------------------------------------------------
+
+def test_generated_reference_comes_from_t_b_and_is_all_background(photo64, square_mask, tiny_models, monkeypatch):
+    """Without a reference, O_r is sampled from T_b's text-encoder embedding by the base model, shows
+    no subject, and e_b fits all of it (Eq. 2 with 1 - M_r = 1)."""
+    spy = Spy(monkeypatch, fixed=True)
+    res = L.run(_inputs(photo64, square_mask, steps=2), tiny_models)
+    assert res.params["reference_mode"] == "generated" and res.params["subject_coverage"]["reference"] == 0.0
+    sd = tiny_models.sd()
+    e_a0, e_b0 = S.encode_prompts(sd, [SUBJECT]).float(), S.encode_prompts(sd, [BACKGROUND]).float()
+    assert len(spy.conds) == 4  # 2 reference steps, then 2 sampling steps
+    assert all(torch.equal(c, e_b0) for c in spy.conds[:2]), "the reference is not generated from T_b"
+    x0, x_t, t, noise = spy.batches[0]
+    generated = res.intermediates["reference"]
+    assert torch.allclose(x0[1], S.encode_image(sd, generated)[0].float(), atol=0.05)
+    with torch.no_grad():
+        eps = sd.unet(x_t, t, encoder_hidden_states=torch.cat([e_a0, e_b0])).sample.float()
+    everywhere = torch.ones(1, 1, 8, 8)
+    assert res.curves["embed_loss_b"][0] == pytest.approx(masked_loss(eps[1:], noise[1:], everywhere), rel=1e-4)
+    assert res.curves["embed_loss_a"][0] == pytest.approx(masked_loss(eps[:1], noise[:1], M_SUBJECT), rel=1e-4)

@@ -39,6 +39,8 @@ unless marked; breakages in tests/mutants/m_layer_diffusion.py):
   test_iterative_guidance_alternates_e_a_and_e_opt (test_layer_diffusion.py).
 - The fine-tuned UNet samples (LoRA or private copy), an untrained one changes nothing:
   test_the_fine_tuned_unet_samples_and_an_untrained_one_changes_nothing.
+- The generated reference (none given) comes from T_b's embedding and is all background:
+  test_generated_reference_comes_from_t_b_and_is_all_background.
 - Adapters removed, also on failure or cancel: test_run_contract_and_determinism,
   test_failed_or_cancelled_run_leaves_the_unet_untouched (test_layer_diffusion.py).
 """

@@ -75,6 +75,13 @@ MUTANTS = [
            "eps = S.predict_noise(tuned, x, t, cond, log.counter, uncond=uncond, cfg=cfg)",
            "eps = S.predict_noise(unet, x, t, cond, log.counter, uncond=uncond, cfg=cfg)",
            "Eq. 8 with the fine-tuned model: the full fine-tune's private copy samples"),
+    # the generated reference O_r (no reference given)
+    Mutant("layer_diffusion.generated-reference-from-t_a", F_RUN,
+           "cond_b = e_b0.to(dtype)", "cond_b = e_a0.to(dtype)",
+           "O_r generated from T_b (the background text), so no second subject appears"),
+    Mutant("layer_diffusion.generated-reference-keeps-subject-mask", F_RUN,
+           "m_ref = np.zeros_like(m_photo)", "m_ref = m_photo",
+           "Eq. 2/5 with a generated O_r: all of it is background (1 - M_r = 1)"),
     # the cached UNet is left as it was
     Mutant("layer_diffusion.adapter-not-removed", F_LORA,
            "        remove_adapter(model, name)\n        if not _tuner_layers(model)",
