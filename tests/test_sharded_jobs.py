@@ -98,3 +98,54 @@ def test_evaluation_over_two_processes_then_resumed_on_one(four_photos, tmp_path
     again = json.loads((out / "results.json").read_text())
     assert [c["seed"] for c in again["cases"]] == [0, 1, 2, 3] and again["processes"] == 1
     assert (out / again["cases"][1]["images"]["ours"]).is_file()
+
+
+def test_pair_builder_over_two_processes_matches_one_and_resumes(tmp_path, model_dir, tiny_models):
+    """engine.train.iedit_pairs under 2 processes writes the pairs file 1 process writes; a pair
+    whose record is deleted is the only one redone by the rerun."""
+    tiny_models.sd()
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+    captions = {}
+    for c, rgb in colours.items():
+        for shape in ("circle", "square"):
+            im = Image.new("RGB", (64, 64), (240, 240, 240))
+            (ImageDraw.Draw(im).ellipse if shape == "circle" else ImageDraw.Draw(im).rectangle)((16, 16, 48, 48),
+                                                                                             fill=rgb)
+            im.save(folder / f"{c}_{shape}.png")
+            captions[f"{c}_{shape}.png"] = f"a photo of a {c} {shape}"
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    (tmp_path / "lex.json").write_text(json.dumps({"nouns": {"circle": ["square"], "square": ["circle"]},
+                                                   "adjectives": {c: [d for d in colours if d != c] for c in colours}}))
+    env = {"DES_CACHE_DIR": str(model_dir)}
+
+    def args(out):
+        return ["--images", str(folder), "--out", str(out), "--captions", str(tmp_path / "captions.json"),
+                "--lexicon", str(tmp_path / "lex.json"), "--profile", "tiny", "--device", "cpu"]
+
+    one = launch("engine.train.iedit_pairs", args(tmp_path / "one" / "pairs.jsonl"), processes=1, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch("engine.train.iedit_pairs", args(tmp_path / "two" / "pairs.jsonl"), processes=2, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def rows(root):
+        out = []
+        for line in (root / "pairs.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            out.append((r["source"], r["target"], r["edit_prompt"]))
+        return out
+
+    assert rows(tmp_path / "one") == rows(tmp_path / "two") and len(rows(tmp_path / "one")) == 6
+    work = tmp_path / "two" / "pairs_work"
+    assert {r["process"] for r in SH.read_parts(work / "pairs")} == {0, 1}
+    assert sorted(r["key"] for r in SH.read_parts(work / "images")) == sorted(captions)  # each image once
+    (work / "pairs" / SH.ITEMS / "blue_circle.png.json").unlink()
+    (tmp_path / "two" / "pairs.jsonl").unlink()
+    before = set((work / "pairs" / SH.PARTS).glob("*.jsonl"))
+    again = launch("engine.train.iedit_pairs", args(tmp_path / "two" / "pairs.jsonl"), processes=2, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    redone = [json.loads(line)["key"] for f in set((work / "pairs" / SH.PARTS).glob("*.jsonl")) - before
+              for line in f.read_text().splitlines()]
+    assert redone == ["blue_circle.png"]
+    assert rows(tmp_path / "two") == rows(tmp_path / "one")
