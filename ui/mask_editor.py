@@ -298,7 +298,7 @@ class MaskEditor:
     status: gr.Markdown   # what the mask on screen covers
     base: Any  # gr.State: the mask before the current set of clicks (for "add")
     key: Any = None     # gr.State: which photo the editor holds (its hash), to tell a new photo from a re-sent one
-    intake: Any = None  # hidden gr.Textbox: the browser reports a file it could not open as an image here
+    intake: Any = None  # hidden gr.Button: the page clicks it when the browser could not open a chosen file
 
     @property
     def settings(self) -> list:
@@ -364,8 +364,9 @@ def mask_editor(runner, prefix: str, label: str = "Photo: paint the region (whit
                                               elem_id=f"{prefix}-whole-image")
         # Rendered but hidden: the page's intake script (INTAKE_JS) writes into it when the browser cannot
         # open a chosen file as an image; the editor itself then stays empty and tells Python nothing.
-        intake = gr.Textbox(visible="hidden", label="Upload problems", elem_classes=["des-intake"],
-                            elem_id=f"{prefix}-intake")
+        intake = gr.Button("Report an unreadable file", visible="hidden", elem_classes=["des-intake"],
+                           elem_id=f"{prefix}-intake")
+        intake.note = gr.Textbox(visible="hidden", label="Unreadable file", elem_id=f"{prefix}-intake-note")
     base = gr.State(None)
     key = gr.State("")
     me = MaskEditor(editor, text, select, method, add, box_threshold, text_threshold, clipseg_threshold,
@@ -387,20 +388,20 @@ INTAKE_JS = """
   if (window.__desIntake) return;
   window.__desIntake = true;
   // A file the browser cannot decode never reaches Python (the editor silently stays empty):
-  // say so through the editor's hidden intake box, whose input event Python answers with a warning.
+  // note it on the editor and click the editor's hidden intake button, which Python answers with a warning.
   document.addEventListener('change', async (event) => {
     const input = event.target;
     if (!(input instanceof HTMLInputElement) || input.type !== 'file' || !input.files) return;
     const host = input.closest('.mask-editor');
-    const relay = host && host.querySelector('.des-intake textarea, .des-intake input');
+    const relay = host && host.querySelector('button.des-intake, .des-intake button');
     if (!relay) return;
     for (const file of Array.from(input.files)) {
       try {
         const bitmap = await createImageBitmap(file);
         bitmap.close();
       } catch (err) {
-        relay.value = JSON.stringify({name: file.name, size: file.size, type: file.type, at: Date.now()});
-        relay.dispatchEvent(new Event('input', {bubbles: true}));
+        host.dataset.desIntake = JSON.stringify({name: file.name, size: file.size, type: file.type});
+        relay.click();
       }
     }
   }, true);
@@ -563,7 +564,7 @@ def _wire(runner, prefix: str, me: MaskEditor) -> None:
             return (value, *preview(value, grow, feather, invert, whole), note, "", None, photo_key(kept))
         return keep, *preview(editor, grow, feather, invert, whole), note, "", None, new_key
 
-    def unreadable(report):
+    def unreadable(report=""):
         if not (report or "").strip():
             return gr.update()
         message = unreadable_message(report)
@@ -596,6 +597,10 @@ def _wire(runner, prefix: str, me: MaskEditor) -> None:
                      show_progress="hidden")
     me.editor.clear(lambda: (None, describe(None, None), "", "", None, ""), None,
                     [me.preview, me.status, me.message, me.clicks, me.base, me.key], api_name=False, queue=False)
-    me.intake.input(unreadable, me.intake, me.message, api_name=False, queue=False, show_progress="hidden")
+    # The script's note on this editor is the argument (a button sends no value of its own).
+    report_js = (f"() => (document.getElementById('{prefix}-photo')?.closest('.mask-editor')?.dataset.desIntake"
+                 " || '')")
+    me.intake.click(unreadable, me.intake.note, me.message, js=report_js, api_name=False,
+                    show_progress="hidden")
     gr.on([me.editor.change, *(c.change for c in settings)], changed, [me.editor, *settings],
           [me.preview, me.status], api_name=False, trigger_mode="always_last", show_progress="hidden")
