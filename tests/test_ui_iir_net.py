@@ -103,3 +103,21 @@ def test_bad_input_is_a_readable_error(client, kw, message):
     kw.setdefault("editor", editor_payload(CAT))
     with pytest.raises(AppError, match=message):
         _edit(client, **kw)
+
+
+def test_a_checkpoint_sets_the_canny_sliders_it_was_trained_with(tmp_path):
+    """The engine refuses thresholds that differ from the checkpoint's iir_net.json, so choosing a
+    checkpoint in the tab moves the sliders to them (and an empty field leaves them alone)."""
+    import json
+
+    from ui.tabs.iir_net import checkpoint_changed
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "iir_net.json").write_text(json.dumps({"max_noise": 600, "canny_low": 50, "canny_high": 150}))
+    (folder / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel", "conditioning_channels": 4}))
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"")  # checked for, not read, here
+    badge, low, high = checkpoint_changed(str(folder))
+    assert (low, high) == (50, 150) and "trained" in badge.lower()
+    badge, low, high = checkpoint_changed("")
+    assert low == {"__type__": "update"} and high == {"__type__": "update"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.core.iir_checkpoint import configured
+from engine.core.iir_checkpoint import configured, trained_settings
 from engine.core.phrases import noun_phrase
 from engine.core.removal import MAX_NOISE
 from engine.methods import iir_net
@@ -34,6 +34,21 @@ def badge_text(checkpoint: str | None = None, mode: str | None = None) -> str:
 
 def roi_from_prompt(prompt: str) -> str:
     return noun_phrase(prompt or "") or ""
+
+
+def checkpoint_changed(source):
+    """The mode badge, and the Canny thresholds the checkpoint was trained with (its iir_net.json):
+    the engine refuses other thresholds for a trained checkpoint, so the sliders follow it."""
+    low = high = gr.update()
+    if configured(source):
+        try:
+            trained = trained_settings(configured(source))
+        except ValueError as exc:
+            gr.Warning(str(exc))
+            trained = None
+        if trained is not None:
+            low, high = trained.canny_low, trained.canny_high
+    return badge_text(source), low, high
 
 
 def build(runner) -> None:
@@ -67,7 +82,7 @@ def build(runner) -> None:
 
     # Typing the prompt fills the RoI text; a restored or example prompt leaves the RoI text it came with.
     prompt.input(roi_from_prompt, prompt, roi_text, api_name=False, queue=False)
-    checkpoint.change(lambda c: badge_text(c), checkpoint, badge, api_name=False, queue=False)
+    checkpoint.change(checkpoint_changed, checkpoint, [badge, canny_low, canny_high], api_name=False, queue=False)
 
     def edit(editor, grow, feather, invert, whole_image, prompt, roi, noise, canny_low, canny_high, steps, cfg, resolution, seed,
              checkpoint, request: gr.Request, progress=gr.Progress()):
