@@ -145,8 +145,7 @@ def _iir(f, s, **kw):
 
 def _iedit(f, s, **kw):
     a = dict(editor=_editor(f.photo, [f.layer]), grow=0, feather=0, invert=False, whole=False,
-             prompt="a photo of a tiger", term="cat", mask_from="Brush (the mask painted on the photo)",
-             strength=0.7, checkpoint="", n=1, steps=2, cfg=7.5, threshold=0.5, res=RES, seed=s)
+             prompt="a photo of a tiger", term="cat", strength=0.7, checkpoint="", n=1, steps=2, cfg=7.5, threshold=0.5, res=RES, seed=s)
     a.update(kw)
     return list(a.values())
 

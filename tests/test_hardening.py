@@ -131,9 +131,9 @@ TABLE = {
                   ("canny_low", TEXT_FOR_NUMBER), ("steps", 0), ("checkpoint", "/nowhere/at/all"),
                   ("whole_image", TEXT_FOR_CHECKBOX)]),
     "/iedit": (lambda f: [_editor(f.photo, [f.layer]), 0, 0, False, False, "a photo of a tiger", "cat",
-                          "Brush (the mask painted on the photo)", 0.7, "", 1, 2, 7.5, 0.5, RES, 11],
+                          0.7, "", 1, 2, 7.5, 0.5, RES, 11],
                [("editor", NONE), ("editor", JUNK), ("editor", HUGE), ("editor", OTHER_ASPECT),
-                ("prompt", ""), ("term", {"a": 1}), ("mask_from", "somewhere else"), ("strength", 50),
+                ("prompt", ""), ("term", {"a": 1}), ("strength", 50),
                 ("num_results", TEXT_FOR_NUMBER), ("threshold", NAN), ("checkpoint", "/nowhere/iedit"),
                 ("seed", -7)]),
     "/iedit_compare": (lambda f: [1], [("index", TEXT_FOR_NUMBER), ("index", 99), ("index", None)]),
@@ -159,6 +159,7 @@ TABLE = {
 for _prefix in ("sdedit", "ito", "iir_net", "iedit", "layer_diffusion", "layer_diffusion_ref", "segment"):
     TABLE[f"/{_prefix}_select_text"] = (_select_text, SELECT_TEXT_CASES)
     TABLE[f"/{_prefix}_select_click"] = (_select_click, SELECT_CLICK_CASES)
+TABLE["/iedit_fill_mask"] = (_select_text, SELECT_TEXT_CASES)  # "Mask the edit term": the same selection
 
 # ITO: a text edit with one optimisation step; a bad pose only matters when "Pose" is ticked.
 TABLE["/ito"] = (
