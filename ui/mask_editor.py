@@ -37,6 +37,7 @@ ERROR_TITLE = "Please check the mask"
 PHOTO_TITLE = "Please check the photo"
 CANVAS_SIZE = (64, 64)  # the editor's empty canvas: what it sends as the "photo" when painted before an upload
 UPLOAD_MAX_SIDE = 1024  # larger uploads are downscaled on arrival (every method works at 512 px or less)
+UPLOAD_MIN_SIDE = 64    # engine.core.image.MIN_SIDE: smaller uploads are refused on arrival
 PAINT_FIRST = ("Upload a photo first: the brush paints the region to edit on a photo, and there is no photo "
                "under these strokes.")
 NOTHING_SELECTED = ("Nothing is selected: paint the region on the photo, select it by text, click it "
@@ -575,6 +576,8 @@ def _wire(runner, prefix: str, me: MaskEditor) -> None:
         shown, status = preview(editor, grow, feather, invert, whole)
         if status == f"**{PAINT_FIRST}**":
             gr.Warning(PAINT_FIRST)
+        elif shown is not None and min(shown.size) < UPLOAD_MIN_SIDE:  # refused on upload: not the photo
+            return None, describe(None, None)
         return shown, status
 
     outs = [me.editor, me.preview, me.status, me.message]
