@@ -18,7 +18,8 @@ def build_demo(cache, outputs=None):
 
     runner = Runner(cache, outputs=outputs)
     with gr.Blocks(title="Diffusion Edit Studio") as demo:
-        gr.Markdown("# Diffusion Edit Studio\nResearch image-editing methods on Stable Diffusion 1.5, side by side.")
+        gr.Markdown("## Diffusion Edit Studio · research image-editing methods on Stable Diffusion 1.5, side by side",
+                    elem_id="studio-title")
         C.banner(runner)
         with gr.Tabs() as runner.tabs:
             for tab in tabs.available():

@@ -45,6 +45,13 @@ def banner(runner) -> None:
             elem_classes=["fake-banner"], elem_id="fake-banner")
 
 
+def how_it_works(text: str) -> None:
+    """A method's longer explanation, folded under the tab (the lead line above the photo stays short
+    so the photo, the controls and Edit fit one screen)."""
+    with gr.Accordion("How it works", open=False, elem_classes=["how-it-works"]):
+        gr.Markdown(text)
+
+
 def quick_defaults_note(runner, module) -> None:
     """Under a tab's advanced settings: which defaults the profile made quicker than the paper's."""
     from engine.profile_defaults import describe
@@ -138,6 +145,16 @@ def editor_value(photo: Image.Image, mask: Optional[Image.Image] = None) -> dict
     return {"background": photo, "layers": layers, "composite": photo}
 
 
+SHOW_RESULT_JS = """() => {
+  const bring = () => {
+    const shown = Array.from(document.querySelectorAll('.result-compare')).find(e => e.offsetParent !== null);
+    if (!shown) return;
+    const r = shown.getBoundingClientRect();
+    if (r.top < 0 || r.bottom > window.innerHeight) window.scrollBy({top: r.top - 8});
+  };
+  bring();
+  setTimeout(bring, 400);  // again once the images have their size
+}"""
 STOPPED = "Stopped. The models are unchanged; run again when ready."
 NOTHING_TO_STOP = "Nothing was running (an edit still waiting in the queue is dropped)."
 
@@ -162,3 +179,6 @@ def wire_stop(runner, stop: gr.Button, event, api_name: str) -> None:
 
     stop.click(stop_run, None, stop.status, cancels=[event], api_name=api_name, queue=False)
     stop.run_button.click(lambda: "", None, stop.status, api_name=False, queue=False)
+    # The result column is sticky within its row; a person who scrolled past the row (to the
+    # examples) is brought back to the result when it arrives.
+    event.then(None, None, None, js=SHOW_RESULT_JS)

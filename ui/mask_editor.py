@@ -313,10 +313,15 @@ class MaskEditor:
 
 
 def mask_editor(runner, prefix: str, label: str = "Photo: paint the region (white brush, eraser to correct)",
-                height: int = 420) -> MaskEditor:
+                height: int = 320, refine_open: bool = False) -> MaskEditor:
     """Build the mask editor in the current Blocks context. `prefix` makes elem_ids
     (f"{prefix}-photo", f"{prefix}-select-text", ...) and api_names (f"{prefix}_select_text",
-    f"{prefix}_select_click") unique per tab."""
+    f"{prefix}_select_click") unique per tab.
+
+    On screen: the photo and the selection's messages; the tools (select by text and its method and
+    thresholds, SAM clicks on the preview, grow, feather, invert, whole image) fold into "Select or
+    refine the region" (f"{prefix}-refine"), closed in the method tabs so that the photo, the
+    method's controls and Edit fit one 1366x768 screen, open in the Segment tab (`refine_open`)."""
     with gr.Group(elem_classes=["mask-editor"]):
         editor = gr.ImageEditor(
             label=label, type="pil", image_mode="RGBA", sources=("upload", "clipboard"), format="png",
@@ -325,44 +330,46 @@ def mask_editor(runner, prefix: str, label: str = "Photo: paint the region (whit
             # Gradio 6.31 centres a layer set from Python in the initial canvas: a small canvas
             # keeps text/click selections aligned with the photo.
             canvas_size=CANVAS_SIZE, elem_id=f"{prefix}-photo")
-        with gr.Row(equal_height=True):
-            text = gr.Textbox(label="Select by text", placeholder="the dog on the left", scale=4,
-                              elem_id=f"{prefix}-select-text")
-            select = gr.Button("Select", scale=1, elem_id=f"{prefix}-select")
-        with gr.Row(equal_height=True):
-            method = gr.Radio(list(METHODS), value=METHODS[0], label="Text selection with", scale=2,
-                              elem_id=f"{prefix}-select-method")
-            add = gr.Checkbox(False, label="Add to the mask (off: a new selection replaces it)", scale=2,
-                              elem_id=f"{prefix}-add")
-        with gr.Accordion("Selection thresholds", open=False, elem_id=f"{prefix}-thresholds"):
-            box_threshold = gr.Slider(0.0, 1.0, value=0.3, step=0.01, label="Box threshold (Grounded-SAM)",
-                                      elem_id=f"{prefix}-box-threshold")
-            text_threshold = gr.Slider(0.0, 1.0, value=0.25, step=0.01, label="Text threshold (Grounded-SAM)",
-                                       elem_id=f"{prefix}-text-threshold")
-            clipseg_threshold = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="CLIPSeg threshold",
-                                          elem_id=f"{prefix}-clipseg-threshold")
-        with gr.Row():
-            with gr.Column(scale=1, min_width=220):
-                shown = gr.Image(label="Preview: click to select with SAM", type="pil", interactive=False,
-                                 format="png", height=280, elem_id=f"{prefix}-preview")
-                message = gr.Markdown("", elem_id=f"{prefix}-select-message", padding=True)
-                status = gr.Markdown(describe(None, None), elem_id=f"{prefix}-mask-status", padding=True)
-            with gr.Column(scale=1, min_width=220):
-                click_mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[0], label="A click adds",
-                                      elem_id=f"{prefix}-click-mode")
-                clicks = gr.Textbox(label="Clicks (x,y,+ object / x,y,- background)", max_lines=2,
-                                    placeholder="click the preview, or type 120,80,+ 40,30,-",
-                                    elem_id=f"{prefix}-clicks")
-                with gr.Row():
-                    clear_clicks = gr.Button("Clear clicks", size="sm")
-                    clear_mask = gr.Button("Clear mask", size="sm")
-                grow = gr.Slider(-64, 64, value=0, step=1, label="Grow / shrink (px, negative shrinks)",
-                                 elem_id=f"{prefix}-grow")
-                feather = gr.Slider(0, 64, value=0, step=1, label="Feather (px)", elem_id=f"{prefix}-feather")
-                with gr.Row():
-                    invert = gr.Checkbox(False, label="Invert", elem_id=f"{prefix}-invert")
-                    whole_image = gr.Checkbox(False, label="Use the whole image",
-                                              elem_id=f"{prefix}-whole-image")
+        message = gr.Markdown("", elem_id=f"{prefix}-select-message", elem_classes=["mask-message"])
+        status = gr.Markdown(describe(None, None), elem_id=f"{prefix}-mask-status", elem_classes=["mask-message"])
+        with gr.Accordion("Select or refine the region: by text, SAM clicks, grow, feather, invert, whole image",
+                          open=refine_open, elem_id=f"{prefix}-refine"):
+            with gr.Row(equal_height=True):
+                text = gr.Textbox(label="Select by text", placeholder="the dog on the left", scale=4,
+                                  elem_id=f"{prefix}-select-text")
+                select = gr.Button("Select", scale=1, elem_id=f"{prefix}-select")
+            with gr.Row(equal_height=True):
+                method = gr.Radio(list(METHODS), value=METHODS[0], label="Text selection with", scale=2,
+                                  elem_id=f"{prefix}-select-method")
+                add = gr.Checkbox(False, label="Add to the mask (off: a new selection replaces it)", scale=2,
+                                  elem_id=f"{prefix}-add")
+            with gr.Accordion("Selection thresholds", open=False, elem_id=f"{prefix}-thresholds"):
+                box_threshold = gr.Slider(0.0, 1.0, value=0.3, step=0.01, label="Box threshold (Grounded-SAM)",
+                                          elem_id=f"{prefix}-box-threshold")
+                text_threshold = gr.Slider(0.0, 1.0, value=0.25, step=0.01, label="Text threshold (Grounded-SAM)",
+                                           elem_id=f"{prefix}-text-threshold")
+                clipseg_threshold = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="CLIPSeg threshold",
+                                              elem_id=f"{prefix}-clipseg-threshold")
+            with gr.Row():
+                with gr.Column(scale=1, min_width=220):
+                    shown = gr.Image(label="Preview: click to select with SAM", type="pil", interactive=False,
+                                     format="png", height=280, elem_id=f"{prefix}-preview")
+                with gr.Column(scale=1, min_width=220):
+                    click_mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[0], label="A click adds",
+                                          elem_id=f"{prefix}-click-mode")
+                    clicks = gr.Textbox(label="Clicks (x,y,+ object / x,y,- background)", max_lines=2,
+                                        placeholder="click the preview, or type 120,80,+ 40,30,-",
+                                        elem_id=f"{prefix}-clicks")
+                    with gr.Row():
+                        clear_clicks = gr.Button("Clear clicks", size="sm")
+                        clear_mask = gr.Button("Clear mask", size="sm")
+                    grow = gr.Slider(-64, 64, value=0, step=1, label="Grow / shrink (px, negative shrinks)",
+                                     elem_id=f"{prefix}-grow")
+                    feather = gr.Slider(0, 64, value=0, step=1, label="Feather (px)", elem_id=f"{prefix}-feather")
+                    with gr.Row():
+                        invert = gr.Checkbox(False, label="Invert", elem_id=f"{prefix}-invert")
+                        whole_image = gr.Checkbox(False, label="Use the whole image",
+                                                  elem_id=f"{prefix}-whole-image")
         # Rendered but hidden: the page's intake script (INTAKE_JS) writes into it when the browser cannot
         # open a chosen file as an image; the editor itself then stays empty and tells Python nothing.
         intake = gr.Button("Report an unreadable file", visible="hidden", elem_classes=["des-intake"],

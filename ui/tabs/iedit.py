@@ -29,11 +29,7 @@ def badge_text(checkpoint: str | None = None, mode: str | None = None) -> str:
 
 def build(runner) -> None:
     D = runner.defaults(iedit)
-    gr.Markdown("Change one thing in a photo and keep the rest (Bodur et al., *iEdit*, 2023). Write the edit "
-                "prompt, say which words are the edit, and **Mask the edit term**: CLIPSeg finds those words in "
-                "the photo (as in the paper; or Grounded-SAM) and paints them into the photo's mask, where the "
-                "brush, clicks and settings correct them. The mask on screen is the one the edit uses. Outside it "
-                "the photo is kept at every step.")
+    gr.Markdown("Change one thing in a photo and keep the rest (Bodur et al., *iEdit*, 2023).")
     badge = gr.Markdown(badge_text(), elem_id="iedit-mode")
     with gr.Row():
         with gr.Column():
@@ -113,6 +109,7 @@ def build(runner) -> None:
     C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
     panel.results.select(pick_from_gallery, None, shown, api_name=False, queue=False)
     shown.change(pick, [last, shown], panel.compare, api_name="iedit_compare", queue=False)
+    C.how_it_works("Write the edit prompt, say which words are the edit, and **Mask the edit term**: CLIPSeg finds those words in the photo (as in the paper; or Grounded-SAM) and paints them into the photo's mask, where the brush, clicks and settings correct them. The mask on screen is the one the edit uses. Outside it the photo is kept at every step.")
     gr.Examples([[C.example("cat.png"), "a photo of a tiger", "cat", 0.7],
                  [C.example("coffee.png"), "a cup of green tea on a wooden table", "coffee", 0.7]],
                 [me.editor, prompt, term, strength], label="Examples")

@@ -53,9 +53,7 @@ def checkpoint_changed(source):
 
 def build(runner) -> None:
     D = runner.defaults(iir_net)
-    gr.Markdown("Edit what the prompt mentions and keep the rest (*IIR-Net*: image information removal). The region "
-                "to edit is found from the RoI text with Grounded-SAM, painted with the brush, or the whole "
-                "image. Inside it, colour is erased, and with the noise slider texture too; edges keep the shape.")
+    gr.Markdown("Edit what the prompt mentions and keep the rest (*IIR-Net*: image information removal).")
     badge = gr.Markdown(badge_text(), elem_id="iir-net-mode")
     with gr.Row():
         with gr.Column():
@@ -107,6 +105,7 @@ def build(runner) -> None:
                         checkpoint], [*panel.outputs, badge], api_name=API_NAME, concurrency_id="gpu",
                          show_progress_on=[panel.compare])
     C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
+    C.how_it_works('The region to edit is found from the RoI text with Grounded-SAM, painted with the brush, or the whole image. Inside it, colour is erased, and with the noise slider texture too; edges keep the shape. A trained IIR-Net ControlNet reads that removal image; without one, a labelled training-free approximation runs.')
     gr.Examples([[C.example("cat.png"), "a white cat", "cat", False, 0],
                  [C.example("coffee.png"), "a green cup", "cup", False, 0],
                  [C.example("rocket.jpg"), "a red rocket", "rocket", False, 300],

@@ -24,23 +24,19 @@ STROKE = "#1e40ff"  # engine.core.ito_inputs.STROKE_RGB; any opaque pixel of the
 def build(runner) -> None:
     D = runner.defaults(ito)  # the paper's, or the tiny profile's quick ones (engine/profile_defaults.py)
     gr.Markdown("Edit by **text**, **scribble** or **pose**, or several at once, and keep the rest of the photo "
-                "(*Optimisation-based multi-modal semantic image editing*). An edit mask is estimated from how "
-                "the noise predictions differ between the photo's conditions and the edited ones; a guidance "
-                "image is made with preservation only, then the edit is optimised towards it (lambda) while the "
-                "latents outside the mask are pulled back to the photo's.")
+                "(*Optimisation-based multi-modal semantic image editing*).")
     with gr.Row():
         with gr.Column():
-            region = mask_editor(runner, "ito", label="Photo (optional: paint a region to force into the edit mask)")
-            mask_mode = gr.Radio(list(MASK_MODES), value=next(iter(MASK_MODES)), elem_id="ito-mask-mode",
-                                 label="A painted or selected mask...")
+            region = mask_editor(runner, "ito", label="Photo (optional: paint a region to force into the edit mask)",
+                                 height=270)  # the text, scribble and pose editors below need the room
             notes = gr.Markdown("", elem_id="ito-notes")
             conditions = gr.CheckboxGroup(list(CONDITIONS), value=["Text"], label="Edit with",
-                                          elem_id="ito-conditions")
+                                          elem_id="ito-conditions", container=False)
             with gr.Tabs():
-                with gr.Tab("Text"):
-                    caption = gr.Textbox(label="Caption of the photo (C_0; written by BLIP when a photo arrives)",
+                with gr.Tab("Text"), gr.Row(equal_height=True):
+                    caption = gr.Textbox(label="Caption of the photo (C_0, by BLIP)",
                                          elem_id="ito-caption")
-                    prompt = gr.Textbox(label="Edit prompt (C_EDIT; starts as the caption: change some words)",
+                    prompt = gr.Textbox(label="Edit prompt (C_EDIT: change some words)",
                                         elem_id="ito-prompt")
                 with gr.Tab("Scribble"):
                     scribble = gr.ImageEditor(
@@ -55,6 +51,8 @@ def build(runner) -> None:
                     pose_source = gr.Textbox(visible=False, label="The photo's pose (OpenPose JSON)")
             lam = gr.Slider(0.0, 1.0, value=D["lam"], step=0.05, elem_id="ito-lambda",
                             label="lambda: guidance (0) <-> preservation (1); 1 skips the guidance image")
+            mask_mode = gr.Radio(list(MASK_MODES), value=next(iter(MASK_MODES)), elem_id="ito-mask-mode",
+                                 label="A painted or selected mask...")
             with gr.Accordion("Advanced", open=False):
                 t_u = gr.Slider(0, 50, value=D["t_u"], step=1, elem_id="ito-tu",
                                 label="t_u: optimise during the first steps")
@@ -212,5 +210,6 @@ def build(runner) -> None:
     C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
 
     # Picking an example sets the photo, which fires the editor's upload event, which prepares it.
+    C.how_it_works("An edit mask is estimated from how the noise predictions differ between the photo's conditions and the edited ones (Eq. 7); a guidance image is made with preservation only, then the edit is optimised towards it (lambda, Eq. 6) while the latents outside the mask are pulled back to the photo's (Eq. 4).")
     gr.Examples([[C.example("astronaut.png")], [C.example("cat.png")], [C.example("coffee.png")]],
                 [region.editor], label="Examples (its scribble, pose and caption are read when it loads)")

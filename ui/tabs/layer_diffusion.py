@@ -47,11 +47,7 @@ def auto_split(text: str):
 
 def build(runner) -> None:
     D = runner.defaults(LD)
-    gr.Markdown("Change what a subject does and where it is, together (Li et al., *LayerDiffusion*, 2023). "
-                "The text is split into the subject part and the background part; the background comes from a "
-                "reference image, the photo itself, or an image generated from the background text. The method "
-                "fine-tunes per photo (embeddings, then LoRA adapters), so it is the slowest tab: each stage has "
-                "its own progress bar, and **Stop** ends the run cleanly.")
+    gr.Markdown("Change what a subject does and where it is, together (Li et al., *LayerDiffusion*, 2023).")
     with gr.Row():
         with gr.Column():
             region = mask_editor(runner, "layer_diffusion",
@@ -130,6 +126,7 @@ def build(runner) -> None:
                          show_progress_on=[panel.compare])
 
     C.wire_stop(runner, stop, event, api_name="layer_diffusion_stop")
+    C.how_it_works('The text is split into the subject part and the background part; the background comes from a reference image, the photo itself, or an image generated from the background text. The method fine-tunes per photo (embeddings, then LoRA adapters), so it is the slowest tab: the progress bar covers every stage with the time left, and **Stop** ends the run cleanly.')
     gr.Examples([[C.example("cat.png"), "a cat sitting on a beach", 0.7],
                  [C.example("astronaut.png"), "an astronaut standing on the moon", 0.7]],
                 [region.editor, text, alpha], label="Examples")

@@ -26,22 +26,20 @@ def words_for(label: str):
 def build(runner) -> None:
     D = runner.defaults(pix2pix_zero)
     gr.Markdown("Edit along a direction such as *cat → dog* without writing a prompt (Parmar et al., "
-                "*Zero-shot Image-to-Image Translation*, 2023). The photo is captioned, inverted to noise and "
-                "rebuilt; the edit follows the direction while cross-attention guidance keeps the rebuilt "
-                "photo's layout. Changing the guidance or the direction reuses the inversion.")
+                "*Zero-shot Image-to-Image Translation*, 2023).")
     with gr.Row():
         with gr.Column():
-            photo = gr.Image(label="Photo", type="pil", sources=("upload", "clipboard"), height=380,
+            photo = gr.Image(label="Photo", type="pil", sources=("upload", "clipboard"), height=320,
                              elem_id="p2pz-photo")
+            with gr.Row(equal_height=True):  # the direction first: it is the edit
+                ready = gr.Dropdown(directions.ready_labels(), value=directions.ready_labels()[0], scale=2,
+                                    label="Ready directions (fill the words)", elem_id="p2pz-direction")
+                source = gr.Textbox(label="Source word", value="cat", elem_id="p2pz-source", scale=1)
+                target = gr.Textbox(label="Target word", value="dog", elem_id="p2pz-target", scale=1)
             with gr.Row(equal_height=True):
                 caption = gr.Textbox(label="Caption (written by BLIP when a photo arrives; editable)",
                                      placeholder="a cat sitting on a sofa", scale=4, elem_id="p2pz-caption")
                 caption_button = gr.Button("Caption", scale=1, size="sm", elem_id="p2pz-caption-run")
-            ready = gr.Dropdown(directions.ready_labels(), value=directions.ready_labels()[0],
-                                label="Ready directions (fill the words below)", elem_id="p2pz-direction")
-            with gr.Row():
-                source = gr.Textbox(label="Source word", value="cat", elem_id="p2pz-source")
-                target = gr.Textbox(label="Target word", value="dog", elem_id="p2pz-target")
             with gr.Accordion("Custom sentences (instead of the templates)", open=False):
                 source_sentences = gr.Textbox(label="Source sentences", lines=4, placeholder=SENTENCES_HINT)
                 target_sentences = gr.Textbox(label="Target sentences", lines=4, placeholder=SENTENCES_HINT)
@@ -98,6 +96,7 @@ def build(runner) -> None:
                  [*panel.outputs, reconstruction, caption], api_name=API_NAME, concurrency_id="gpu",
                          show_progress_on=[panel.compare])
     C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
+    C.how_it_works("The photo is captioned, inverted to noise with the paper's noise regularisation and rebuilt; the edit follows the direction (the mean text embedding of sentences about the target minus those about the source) while cross-attention guidance keeps the rebuilt photo's layout. Changing the guidance or the direction reuses the inversion.")
     gr.Examples([[C.example("cat.png"), "", "cat → dog", 0.1],
                  [C.example("cat.png"), "", "cat → cat wearing sunglasses", 0.1],
                  [C.example("coffee.png"), "", "photo → watercolor painting", 0.05]],

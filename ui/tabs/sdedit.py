@@ -52,6 +52,7 @@ def build(runner) -> None:
     event = button.click(edit, region.inputs + [prompt, strength, steps, cfg, num_results, negative, resolution, seed],
                  panel.outputs, api_name=API_NAME, concurrency_id="gpu", show_progress_on=[panel.compare])
     C.wire_stop(runner, stop, event, api_name=f"{API_NAME}_stop")
+    C.how_it_works("The photo is noised to the strength's level and denoised towards the prompt with DDIM; with a region selected, the latents outside it are replaced by the photo's, noised to the same level, at every step.")
     gr.Examples([[C.example("cat.png"), "a photo of a tiger", 0.7],
                  [C.example("coffee.png"), "a cup of green tea on a wooden table", 0.6]],
                 [photo, prompt, strength], label="Examples")

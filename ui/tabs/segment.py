@@ -24,7 +24,7 @@ def build(runner) -> None:
                 "that edits a region. Command line: `python -m engine segment --image IN --out DIR --text ...`.")
     with gr.Row():
         with gr.Column():
-            me = mask_editor(runner, "segment")
+            me = mask_editor(runner, "segment", refine_open=True)  # the tab is the mask tool
             button = gr.Button("Make mask.png", variant="primary", elem_id="segment-run")
         with gr.Column():
             mask_image = gr.Image(label="Mask (white = selected)", type="pil", image_mode="L", format="png",
