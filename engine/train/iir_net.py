@@ -128,7 +128,7 @@ def check_args(a) -> None:
     accel.check_arguments(a.grad_accum, a.save_every)
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> Optional[dict]:
+def prepare_out(out: Path, resume, overwrite: bool, ours: bool = False) -> Optional[dict]:
     """The saved state to resume from, or None for a fresh run; refuses to clobber a checkpoint."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
@@ -147,7 +147,7 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> Optional[dict]:
     if state is not None and not resume:
         raise ValueError(f"{out} holds an unfinished run (step {state['step']} of {state['total_steps']}): "
                          "pass --resume to continue it, or --overwrite to start over")
-    if state is None and has_model:
+    if state is None and has_model and not ours:  # ours: a checkpoint of this trainer is there to resume
         raise ValueError(f"{out} already holds a model that this script did not start; pass --overwrite "
                          "to replace it, or choose another --out")
     if state is None and resume:
@@ -287,9 +287,11 @@ def train(args, models=None) -> dict:
     cpu = models.device.type == "cpu" if models is not None else (args.device == "cpu" or None)
     accelerator, precision_why = accel.make_accelerator("no" if args.no_amp else args.mixed_precision, cpu=cpu)
     log = accel.MainLog(accelerator, args.quiet)
-    state = prepare_out(out, args.resume, args.overwrite if accelerator.is_main_process else False)
+    # a run killed between its checkpoint and trainer_state.json resumes from the checkpoint
+    resume_from = accel.find_resume(out / CHECKPOINTS, args.resume) if args.resume and not args.overwrite else None
+    state = prepare_out(out, args.resume, args.overwrite if accelerator.is_main_process else False,
+                        ours=resume_from is not None)
     accelerator.wait_for_everyone()
-    resume_from = accel.find_resume(out / CHECKPOINTS, args.resume) if state is not None else None
     if state is not None and resume_from is None:
         raise ValueError(f"{out} holds an unfinished run but no complete checkpoint in {out / CHECKPOINTS}; "
                          "pass --overwrite to start over")
