@@ -3,7 +3,10 @@ tiny profile (issue 15):
 
 - (2) SAM clicks survive the editor re-sending the same photo (Gradio 6.31's ImageEditor fires
   "upload" again when Python sets its value or it re-mounts): the next background click adds to
-  the object click instead of failing with "only negative clicks given";
+  the object click instead of failing with "only negative clicks given". Choosing the same file
+  again stands in for the re-sent photo; on the 2-core test machine it did not wipe the clicks
+  on the old code either (the spontaneous re-fire was not reproduced there), so this test guards
+  the behaviour rather than reproducing the report;
 - (3) iEdit edits inside the mask on screen, and "Mask the edit term" fills that same mask;
 - (4) the results gallery serves the saved PNG with its settings, and History restores the iEdit
   tab so Edit gives the same pixels;
@@ -13,6 +16,7 @@ tiny profile (issue 15):
 Screenshots: tests/artifacts/keep_work_*.png."""
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +78,7 @@ def _message(page, tab):
 
 
 def _clicks(page, tab):
+    _refine_open(page, tab)
     return page.eval_on_selector(f"#{tab}-clicks textarea, #{tab}-clicks input", "e => e.value")
 
 
@@ -91,7 +96,15 @@ def _wait_toast(page, text, timeout=60_000):
                            f"{json.dumps(text)}))", timeout=timeout)
 
 
+def _refine_open(page, tab):
+    """The selection tools may fold into "Select or refine the region" (f"{tab}-refine"): open it."""
+    if page.locator(f"#{tab}-refine").count() and not page.locator(f"#{tab}-clicks").first.is_visible():
+        page.locator(f"#{tab}-refine").get_by_text("Select or refine the region").first.click()
+        page.wait_for_selector(f"#{tab}-clicks", state="visible", timeout=30_000)
+
+
 def _click_preview(page, tab, fx, fy):
+    _refine_open(page, tab)
     img = page.locator(f"#{tab}-preview img").first
     img.scroll_into_view_if_needed()
     box = img.bounding_box()
@@ -126,10 +139,17 @@ def test_sam_clicks_survive_the_editor_resending_its_photo(studio, artifacts):
     assert "SAM mask for 1 object" in _message(page, tab)
     # The next click, on the background, adds to it.
     page.locator(f"#{tab}-click-mode label", has_text="background").click()
+    page.wait_for_timeout(500)
     _click_preview(page, tab, 0.05, 0.05)
-    _wait_text(page, f"#{tab}-select-message", "1 object and 1 background")
-    _settled(page)
-    page.screenshot(path=str(artifacts / "keep_work_clicks.png"))
+    try:
+        page.wait_for_function(f"document.querySelector('#{tab}-select-message').innerText.includes('background "
+                               f"click') && !document.querySelector('#{tab}-select-message').innerText.includes("
+                               "'and 0 background') || document.querySelectorAll('.toast-body').length > 0",
+                               timeout=240_000)
+        _settled(page)
+    finally:
+        page.screenshot(path=str(artifacts / "keep_work_clicks.png"))
+    assert "1 object and 1 background" in _message(page, tab), (_message(page, tab), _toasts(page))
     assert "only negative clicks" not in _toasts(page)
     assert _clicks(page, tab).startswith(object_click + " ")
     assert not page.errors, page.errors
@@ -146,11 +166,6 @@ def _iedit_settings(page):
         box.press("Enter")
     page.locator("#iedit-prompt textarea").fill("a photo of a tiger")
     page.locator("#iedit-term textarea").fill("cat")
-
-
-def _details(page):
-    text = page.locator("text=unet_evals").first.locator("xpath=ancestor::*[contains(@class,'json')][1]")
-    return text.inner_text() if text.count() else page.inner_text("body")
 
 
 def _result_pngs(page):
@@ -182,8 +197,8 @@ def test_iedit_edits_the_mask_on_screen_and_history_restores_it(studio, artifact
     _settled(page)
     page.screenshot(path=str(artifacts / "keep_work_iedit.png"), full_page=True)
     body = page.inner_text("body")
-    assert '"mask_source": "brush"' in body or "mask_source" in body and "brush" in body
-    coverage = float(body.split('"mask_coverage": ')[1].split(",")[0].split("\n")[0])
+    assert re.search(r"mask_source\W+brush", body)
+    coverage = float(re.search(r"mask_coverage\W+([0-9.]+)", body).group(1))
     assert coverage == pytest.approx(on_screen, abs=0.06), (coverage, on_screen)  # at 64 px, not 451 px
 
     # (4) The gallery serves the saved PNG: its settings restore the tab.
@@ -262,7 +277,8 @@ def test_bad_and_big_uploads_are_answered_on_upload(studio, artifacts, tmp_path)
     page.wait_for_function(f"(document.querySelector('#{tab}-preview img') || {{}}).naturalWidth === 1024",
                            timeout=60_000)  # the photo every later step works on
     page.screenshot(path=str(artifacts / "keep_work_big.png"))
-    assert not page.errors, page.errors
+    # Gradio's own editor logs the file it could not decode; nothing else may fail on the page.
+    assert [e for e in page.errors if "could not be decoded" not in e] == [], page.errors
     page.close()
 
 
