@@ -36,7 +36,8 @@ def test_an_error_is_one_message_without_a_badge_wall(page, artifacts):
     page.wait_for_timeout(500)
     page.screenshot(path=str(artifacts / "feedback_error.png"))
     assert _visible_badges(page) == 0
-    assert page.get_by_text("Upload a photo first.").count() == 1
+    toasts = page.locator(".toast-body").all_inner_texts()
+    assert sum("Upload a photo first." in t for t in toasts) == 1, toasts  # said once, in the toast
 
 
 def test_progress_is_one_bar_in_words_and_stop_answers_every_time(page, artifacts):
