@@ -20,30 +20,8 @@ from engine.core.removal import LUMA, MAX_NOISE, edge_tensor, mask_tensor, remov
 from engine.methods import iir_net
 from engine.models import ModelCache
 from engine.train import iir_net as trainer
+from tests.test_iir_net import _picture, no_default_checkpoint, one_thread  # noqa: F401 (fixtures)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def no_default_checkpoint(monkeypatch):
-    monkeypatch.delenv("DES_IIR_CHECKPOINT", raising=False)
-
-
-def _picture(seed: int = 0, size: int = 64) -> Image.Image:
-    """A coloured background with a coloured square (edges for Canny, colour for the RoI)."""
-    rng = np.random.default_rng(seed)
-    a = np.empty((size, size, 3), np.uint8)
-    a[:] = rng.integers(0, 256, 3)
-    y, x = rng.integers(4, size // 2, 2)
-    a[y:y + size // 3, x:x + size // 3] = rng.integers(0, 256, 3)
-    a = np.clip(a.astype(np.int16) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
-    return Image.fromarray(a)
 
 
 def _left_half(size: int = 64) -> Image.Image:

@@ -30,22 +30,11 @@ from engine.core import conditions as K
 from engine.core import ito_inputs as I
 from engine.core import sampling as S
 from engine.methods import ito
+from tests.test_ito import _photo, photo64  # noqa: F401 (a fixture)
 
 BASE = dict(caption="a cat on grass", prompt="a red sports car", resolution=64, mask_seeds=2, cfg=7.5)
 CFG = BASE["cfg"]
 
-
-def _photo(size: int = 64) -> Image.Image:
-    img = Image.new("RGB", (size, size), (90, 120, 160))
-    d = ImageDraw.Draw(img)
-    d.ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=(220, 180, 140))
-    d.rectangle((0, 3 * size // 4, size, size), fill=(60, 140, 60))
-    return img
-
-
-@pytest.fixture(scope="module")
-def photo64():
-    return _photo(64)
 
 
 @pytest.fixture(scope="module")

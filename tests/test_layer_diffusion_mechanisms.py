@@ -24,35 +24,17 @@ from engine.core import sampling as S
 from engine.methods import layer_diffusion as L
 
 from tests.conftest import ROOT
+from tests.test_layer_diffusion import one_thread, photo64, square_mask  # noqa: F401 (fixtures)
 
 SUBJECT = "a cat jumping"
 BACKGROUND = "in a forest"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def photo64() -> Image.Image:
-    return Image.open(ROOT / "assets" / "examples" / "cat.png").convert("RGB").resize((64, 64))
 
 
 @pytest.fixture(scope="module")
 def reference64() -> Image.Image:
     return Image.open(ROOT / "assets" / "examples" / "coffee.png").convert("RGB").resize((64, 64))
 
-
-@pytest.fixture(scope="module")
-def square_mask() -> Image.Image:
-    """The subject in the photo: pixels 16..48 square, latent cells 2..6 (8x8 latents)."""
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    return mask
 
 
 @pytest.fixture(scope="module")
