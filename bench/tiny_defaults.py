@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         if not args.no_record:
             add_row(SECTION, HEADER, f"| {date.today()} | CPU ({args.threads} threads) | {name} "
                     f"| {describe(module, 'tiny')} | {seconds:.1f} | {evals} | <= {TARGET_S:.0f} s "
-                    f"| `{command_line('bench.tiny_defaults', ['--method', name])}` |")
+                    f"| `{command_line('bench.tiny_defaults', ['--method', name, '--threads', str(args.threads)])}` |")
     return 1 if failed else 0
 
 
