@@ -45,3 +45,24 @@ def test_plans_follow_the_inputs():
     ld = [s for s, *_ in plan("layer-diffusion", N(steps=50, embed_steps=5, tune_steps=5, reference=None,
                                                      keep_background=True, num_results=1))]
     assert ld == ["embedding optimisation", "fine-tuning", "sampling"]
+
+
+def test_a_run_is_estimated_from_the_last_one_scaled_by_its_work():
+    from ui.progress import Timings
+
+    t = Timings()
+    small = N(steps=10, strength=0.5, num_results=1, resolution=256)
+    assert t.estimate("sdedit", small) is None  # nothing learned yet: no made-up number
+    t.record("sdedit", small, 2.0)
+    assert abs(t.estimate("sdedit", small) - 2.0) < 1e-9
+    big = N(steps=50, strength=0.5, num_results=1, resolution=512)  # 5x the steps, 4x the pixels
+    assert abs(t.estimate("sdedit", big) - 40.0) < 1e-9
+    assert t.estimate("iedit", small) is None
+
+
+def test_the_estimate_gives_the_time_left_until_the_runs_own_pace_is_known():
+    clock = [0.0]
+    p = RunProgress("sdedit", N(steps=100, strength=1.0, num_results=1), clock=lambda: clock[0], expected=50.0)
+    clock[0] = 0.5
+    _, desc = p.update("denoise", 1, 100)
+    assert "about 50 s left" in desc

@@ -86,13 +86,41 @@ class _Stage:
     done: int = 0
 
 
-class RunProgress:
-    """Feed it every StepInfo; it answers (fraction of the run, description) for the bar."""
+def work(method: str, inputs) -> float:
+    """The planned cost of a run (steps x cost per step, scaled by the pixels), 0 when unknown."""
+    try:
+        side = float(getattr(inputs, "resolution", 512) or 512)
+    except (TypeError, ValueError):
+        side = 512.0
+    return sum(n * cost for _, n, cost in plan(method, inputs)) * (side / 512.0) ** 2
 
-    def __init__(self, method: str, inputs, clock=time.monotonic):
+
+class Timings:
+    """Seconds per unit of planned work, per method, learned from this app's finished runs: the
+    estimate of a run's time before it starts (the progress bar then extrapolates as it goes)."""
+
+    def __init__(self):
+        self._per_unit: dict[str, float] = {}
+
+    def record(self, method: str, inputs, seconds: float) -> None:
+        units = work(method, inputs)
+        if units > 0 and seconds > 0:
+            self._per_unit[method] = seconds / units
+
+    def estimate(self, method: str, inputs) -> Optional[float]:
+        per_unit = self._per_unit.get(method)
+        return None if per_unit is None else per_unit * work(method, inputs)
+
+
+class RunProgress:
+    """Feed it every StepInfo; it answers (fraction of the run, description) for the bar.
+    `expected`: the run's estimated seconds, used for the time left until the run's own pace is known."""
+
+    def __init__(self, method: str, inputs, clock=time.monotonic, expected: Optional[float] = None):
         self.stages = [_Stage(name, max(1, n), cost) for name, n, cost in plan(method, inputs)]
         self.clock = clock
         self.start = clock()
+        self.expected = expected
 
     def _find(self, name: str) -> int:
         for k, s in enumerate(self.stages):
@@ -118,17 +146,17 @@ class RunProgress:
         desc = f"Stage {number} of {len(position)}: {words(stage)} ({current.done}/{current.n})"
         left = self.seconds_left(fraction)
         if left is not None:
-            desc += f" · about {_duration(left)} left"
+            desc += f" · about {duration(left)} left"
         return fraction, desc
 
     def seconds_left(self, fraction: float) -> Optional[float]:
         spent = self.clock() - self.start
-        if fraction < 0.02 or spent < 1.0:  # too early to extrapolate honestly
-            return None
+        if fraction < 0.02 or spent < 1.0:  # too early to extrapolate honestly: the estimate, if any
+            return None if self.expected is None else max(0.0, self.expected - spent)
         return spent * (1.0 - fraction) / fraction
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds} s"

@@ -17,9 +17,11 @@ from engine import history
 from ui import zerogpu
 from engine.models import ModelUnavailable
 from engine.types import Cancelled, EditResult, StepInfo
-from ui.progress import RunProgress, words
+from ui.progress import RunProgress, Timings, duration, words
 
 log = logging.getLogger("studio")
+
+LONG_RUN_S = 30.0  # runs expected to take longer are announced before they start
 
 OOM_HINT = ("The GPU ran out of memory. Try a smaller resolution or fewer results, or start the app "
             "with --memory offload. The model cache was cleared; the next request will reload the models.")
@@ -37,6 +39,7 @@ class Runner:
         self._gpu = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
         self._execute = zerogpu.wrap(_execute, duration=_estimate_seconds)
+        self.timings = Timings()  # learned seconds per unit of work: estimates before a run
         self.restore_targets: list = []  # filled by the tabs (components.restorable), read by History
         self.tabs = None  # the gr.Tabs, so History can switch to a restored tab
 
@@ -106,8 +109,13 @@ class Runner:
 
     def run(self, method: ModuleType, inputs, request: Optional[gr.Request] = None,
             progress: Any = None) -> EditResult:
+        expected = self.timings.estimate(method.NAME, inputs)
+        if expected is not None and expected >= LONG_RUN_S:
+            gr.Info(f"This edit will take about {duration(expected)} (estimated from the last "
+                    f"{getattr(method, 'TITLE', method.NAME)} run); Stop ends it at any step.")
         result = self.call(method.run, inputs, self.cache, request=request, progress=progress,
-                           tracker=RunProgress(method.NAME, inputs))
+                           tracker=RunProgress(method.NAME, inputs, expected=expected))
+        self.timings.record(method.NAME, inputs, result.seconds.get("total", 0.0))
         quick = _quick_settings_used(method, inputs, self.cache.profile)
         if quick:
             result.notes.append(f"{self.cache.profile} profile's quick defaults: {quick}")
