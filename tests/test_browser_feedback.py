@@ -47,7 +47,8 @@ def test_progress_is_one_bar_in_words_and_stop_answers_every_time(page, artifact
     steps = page.get_by_label("DDIM steps", exact=False).first
     steps.fill("200")
     steps.press("Enter")
-    page.get_by_label("Resolution (longest side)", exact=False).first.fill("128")
+    # Long enough to be stopped on a fast machine too: 200 steps at 1024 px.
+    page.get_by_label("Resolution (longest side)", exact=False).first.fill("1024")
     for attempt in range(4):
         page.locator("#sdedit-run").click()
         progress = page.get_by_text("Stage 1 of 1: Denoising", exact=False).first
