@@ -24,6 +24,7 @@ from datetime import date
 import torch
 
 from bench.results import add_row, command_line, run_cli
+from engine.models import APP_COMPONENTS  # the models the tabs need (the start-up check's list)
 
 SECTION = "## GPU suite (python -m bench.suite)"
 HEADER = ("| date | device | profile | px | case | seconds (median) | target s | per stage | UNet fwd/bwd "
@@ -49,8 +50,6 @@ CASES = {
     "layer-diffusion": ("layer-diffusion", CAT, ["--text", "a cat sitting on a beach"],
                         ["--embed-steps", "2", "--tune-steps", "2", "--steps", "2"], 30.0),
 }
-APP_COMPONENTS = ("sd", "controlnet_scribble", "controlnet_openpose", "controlnet_canny", "blip", "grounding_dino",
-                  "sam", "clipseg", "clip")
 
 
 def gb(value: float) -> float:
