@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, running_app
+from ui.components import NOTHING_TO_STOP, STOPPED
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 CAT = str(ROOT / "assets/examples/cat.png")
@@ -64,12 +65,15 @@ def test_progress_is_one_bar_in_words_and_stop_answers_every_time(page, artifact
             assert not any("=" in t for t in texts), texts  # no "denoise loss=0.3" labels
         page.wait_for_timeout(1000)  # the run is under way (not still waiting for the previous one to end)
         page.locator("#sdedit-stop").click()
-        page.wait_for_function("document.querySelector('#sdedit-stop-status').innerText.trim().length > 0",
-                               timeout=30_000)
-        answers.append(page.locator("#sdedit-stop-status").inner_text())
+        # The line comes to hold the answer alone (a loading timer beside it would stay visible).
+        page.wait_for_function("""([a, b]) => {
+            const t = document.querySelector('#sdedit-stop-status').innerText.trim();
+            return t === a || t === b; }""", arg=[STOPPED, NOTHING_TO_STOP], timeout=30_000)
         page.wait_for_timeout(2500)  # let the cancelled run end before the next one
+        answers.append(page.locator("#sdedit-stop-status").inner_text())  # still there once it has ended
     # Stop answers every time, in its own line; a run under way is reported stopped.
-    assert all("Stopped." in a or "Nothing was running" in a for a in answers), answers
+    # Edit's next click must not wipe it (it did when Edit's clear ran after the stopped edit ended).
+    assert all(a.strip() in (STOPPED, NOTHING_TO_STOP) for a in answers), answers
     assert sum("Stopped." in a for a in answers) >= 3, answers
     assert _visible_badges(page) == 0
 

@@ -166,6 +166,10 @@ def run_buttons(prefix: str, label: str = "Edit") -> tuple[gr.Button, gr.Button]
         run = gr.Button(label, variant="primary", elem_id=f"{prefix}-run", scale=3)
         stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop", scale=1)
     stop.status = gr.Markdown("", elem_id=f"{prefix}-stop-status", elem_classes=["stop-status"])
+    # Edit clears Stop's last answer, in the browser. This listener is registered before the tab's
+    # edit event on purpose: the page runs a click's listeners in order and reaches a later one
+    # only when the edit has ended, which would wipe the answer of the Stop that ended it.
+    run.click(None, None, stop.status, js="() => ''", api_name=False, queue=False, show_progress="hidden")
     stop.run_button = run
     return run, stop
 
@@ -177,8 +181,8 @@ def wire_stop(runner, stop: gr.Button, event, api_name: str) -> None:
     def stop_run(request: gr.Request):
         return STOPPED if runner.stop(request) else NOTHING_TO_STOP
 
-    stop.click(stop_run, None, stop.status, cancels=[event], api_name=api_name, queue=False)
-    stop.run_button.click(lambda: "", None, stop.status, api_name=False, queue=False)
+    stop.click(stop_run, None, stop.status, cancels=[event], api_name=api_name, queue=False,
+               show_progress="hidden")
     # The result column is sticky within its row; a person who scrolled past the row (to the
     # examples) is brought back to the result when it arrives.
     event.then(None, None, None, js=SHOW_RESULT_JS)
