@@ -10,7 +10,8 @@ Generator (`DistilledGenerator`), Co-Mod-GAN's structure at a size that runs in 
   an affine map of the concatenation [E(y), M(z)] (Co-Mod-GAN Eq. 3), with weight demodulation;
 - a decoder that upsamples, concatenates the encoder's skip of the same level (U-Net) and applies
   the modulated convolutions; a final 1x1 convolution predicts a residual added to the input
-  photo (the edit changes a part of the photo; the rest is copied), clamped to [-1, 1].
+  photo (the edit changes a part of the photo; the rest is copied), clamped to [-1, 1] in eval
+  mode (in training the losses see it unclamped: a clamp has no gradient past [-1, 1]).
 Images are tensors in [-1, 1], (B, 3, H, W), with H and W multiples of 2**depth.
 
 Discriminator (`PatchDiscriminator`): a pix2pix-style PatchGAN on the (input, output) pair,
@@ -142,7 +143,10 @@ class DistilledGenerator(nn.Module):
         for conv, skip in zip(self.up, reversed(skips[:-1])):
             h = F.interpolate(h, scale_factor=2, mode="nearest")
             h = act(conv(torch.cat([h, skip], dim=1), style), 0.2)
-        return (x + self.to_rgb(h)).clamp(-1, 1)
+        out = x + self.to_rgb(h)
+        # clamped for use; in training the losses see the unclamped output, since a clamp's zero
+        # gradient outside [-1, 1] would stop every pixel that overshoots from ever coming back
+        return out if self.training else out.clamp(-1, 1)
 
 
 class PatchDiscriminator(nn.Module):
