@@ -299,6 +299,7 @@ def test_train_cli_bad_input(syn_pairs, tiny_models, tmp_path, capsys):
              (_train_args(few, tmp_path / "o"), "at least 4"),
              (_train_args(syn_pairs, tmp_path / "o", 10, "--resolution", "80"), "--resolution"),
              (_train_args(syn_pairs, tmp_path / "o", 10, "--lr", "0"), "--lr"),
+             (_train_args(syn_pairs, tmp_path / "o", 10, "--grad-accum", "2"), "--grad-accum"),
              (_train_args(syn_pairs, tmp_path / "o", 10, "--l1-weight", "0", "--lpips-weight", "0"), "both be 0")]
     for args, words in cases:
         rc = T.main(args, models=tiny_models)

@@ -209,6 +209,8 @@ def check_train_args(a) -> None:
     need(0 <= a.noise <= 1, f"--noise must be between 0 and 1, got {a.noise}")
     need(a.min_pairs >= 1, f"--min-pairs must be at least 1, got {a.min_pairs}")
     need(0 <= a.workers <= 64, f"--workers must be between 0 and 64, got {a.workers}")
+    need(not a.gradient_checkpointing, "--gradient-checkpointing is not supported by the distilled GAN "
+                                       "(its generator is small enough without it)")
     need(a.grad_accum == 1, "--grad-accum is not supported by the GAN trainer (D and G alternate every step); "
                             "use more processes or a smaller --batch")
     accel.check_arguments(a.grad_accum, a.save_every)
