@@ -21,6 +21,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="gpu: all models resident; offload: each model moves to the GPU only while it runs")
     p.add_argument("--outputs", default=os.environ.get("DES_OUTPUTS", "outputs"),
                    help="folder where every result is saved with its settings (default ./outputs)")
+    p.add_argument("--distilled", default=os.environ.get("DES_DISTILLED_DIR", "checkpoints/distilled"),
+                   help="folder of distilled pix2pix-zero directions for the tab's fast mode "
+                        "(default ./checkpoints/distilled)")
     p.add_argument("--auth", default=os.environ.get("DES_AUTH"), metavar="USER:PASSWORD",
                    help="ask for this user name and password before showing the app")
     p.add_argument("--max-upload-mb", type=int, default=25, help="largest upload accepted, in MB (default 25)")
@@ -63,7 +66,7 @@ def main(argv=None) -> None:
     cache = make_cache(args)
     if zerogpu.prepare_environment():
         cache.sd()  # ZeroGPU: load at start-up, outside any GPU call
-    demo = build_demo(cache, outputs=outputs)
+    demo = build_demo(cache, outputs=outputs, distilled=Path(args.distilled).resolve())
     demo.queue(default_concurrency_limit=1, max_size=64).launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=parse_auth(args.auth),
         **launch_kwargs(outputs=outputs, max_upload_mb=args.max_upload_mb))

@@ -9,8 +9,9 @@ For each method: one warm-up run, then `--repeat` timed runs (median), seconds p
 evaluations, GPU memory resident after loading and peak during the runs. The cases are the CLI's
 own flags (`python -m engine METHOD ...`), so every row can be reproduced with `python -m
 bench.latency METHOD <the same flags>`. The targets of issue 18 (H100, sd15-shape, 512 px, fp16)
-are printed beside each median. The distilled pix2pix-zero generator is timed when the studio has
-one (issue 17); until then its row says so. Rows are recorded only for real runs, not dry runs.
+are printed beside each median. The distilled pix2pix-zero generator (issue 17, the "small" size)
+is timed last against the pix2pix-zero case's median (bench.p2pz_distill_speed, its own section of
+RESULTS.md). Rows are recorded only for real runs, not dry runs.
 """
 from __future__ import annotations
 
@@ -125,7 +126,15 @@ def main(argv=None) -> int:
         compare = ["--profile", profile, "--resolution", str(resolution), "--rounds", "1" if dry else "2",
                    "--steps", "10" if dry else "50"] + ([] if record else ["--no-record"])
         p2pz_vs_diffusers.main(compare)
-    print("distilled pix2pix-zero generator: not built yet (issue 17); no row")
+    from bench import p2pz_distill_speed
+
+    distill = ["--profile", profile, "--resolution", str(resolution), "--repeat", "3" if dry else "20"]
+    distill += ["--device", str(models.device)] + ([] if record else ["--no-record"])
+    p2pz = next((r for r in rows if r["case"] == "pix2pix-zero"), None)
+    if p2pz is not None:  # the re-edit just measured (the case's runs after its warm-up reuse the inversion)
+        distill += ["--diffusion-seconds", f"{p2pz['seconds']:.4f}"]
+    print("distilled pix2pix-zero generator:", flush=True)
+    p2pz_distill_speed.main(distill)
     elapsed = time.perf_counter() - start
     print(f"suite done in {elapsed:.0f} s on {device_name(models)}")
     if record:

@@ -1,7 +1,8 @@
 """Command line: python -m engine METHOD --image IN.png --out DIR [--profile tiny] [method flags].
 
 Runs the same `run()` the UI calls and writes DIR/edited.png, one PNG per intermediate and
-DIR/report.json. Bad input: one readable line on stderr and exit code 2.
+DIR/report.json. A method with `run_folder` (pix2pix-zero-fast) also takes `--image FOLDER`: one
+edited PNG per photo and one report.json. Bad input: one readable line on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -64,10 +65,15 @@ def main(argv=None) -> int:
 
             return segment_cli.run_cli(args, models)
         module = methods.get(args.method)
+        if hasattr(module, "run_folder") and Path(args.image).is_dir():  # a folder of photos, one report
+            module.run_folder(args, models, Path(args.out))
+            print(f"wrote {args.out}/report.json", file=sys.stderr)
+            return 0
         image = open_image(args.image)  # the method's run() normalises it (one resize, not two)
         inputs = module.inputs_from_args(args, image, _open_file)
         result = module.run(inputs, models, on_step=_print_progress)
-        write_result(result, Path(args.out), args.method, args.profile, {"models": models.describe()})
+        extra = module.report_extra(result) if hasattr(module, "report_extra") else {"models": models.describe()}
+        write_result(result, Path(args.out), args.method, args.profile, extra)
     except (ValueError, ModelUnavailable) as exc:  # bad input, or weights not on this machine
         print(f"error: {exc}", file=sys.stderr)
         return 2

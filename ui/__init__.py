@@ -6,17 +6,22 @@ from pathlib import Path
 CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "studio.css"
 
 
-def build_demo(cache, outputs=None):
+def build_demo(cache, outputs=None, distilled=None):
     """A gr.Blocks with one tab per method found in ui/tabs (only methods that exist are shown).
 
-    `outputs`: folder where every result is saved with its settings (None: not saved)."""
+    `outputs`: folder where every result is saved with its settings (None: not saved).
+    `distilled`: folder of distilled pix2pix-zero directions the pix2pix-zero tab's fast mode lists
+    (None: $DES_DISTILLED_DIR, else ./checkpoints/distilled)."""
     import gradio as gr
 
     from ui import components as C
     from ui import tabs
     from ui.runner import Runner
 
+    from engine.methods.pix2pix_zero_fast import distilled_folder
+
     runner = Runner(cache, outputs=outputs)
+    runner.distilled = distilled_folder(distilled)
     with gr.Blocks(title="Diffusion Edit Studio") as demo:
         gr.Markdown("## Diffusion Edit Studio · research image-editing methods on Stable Diffusion 1.5, side by side",
                     elem_id="studio-title")
