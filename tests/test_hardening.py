@@ -73,7 +73,10 @@ def files(tmp_path_factory):
     (d / "truncated.png").write_bytes(data[: len(data) // 2])
     pose = {"canvas_width": 64, "canvas_height": 64, "people": [{"pose_keypoints_2d": [32, 10, 1] * 18}]}
     (d / "pose.json").write_text(json.dumps(pose))
-    return SimpleNamespace(dir=d, photo=made.photo, layer=made.layer, other=made.other, pose=d / "pose.json")
+    from tests.test_p2pz_fast import make_checkpoint  # a small distilled direction for /pix2pix_zero_fast
+
+    return SimpleNamespace(dir=d, photo=made.photo, layer=made.layer, other=made.other, pose=d / "pose.json",
+                           checkpoint=make_checkpoint(d / "distilled"))
 
 
 def _editor(path, layers=()):
@@ -121,6 +124,14 @@ TABLE = {
                        ("image", HUGE), ("source_word", ["cat"]), ("target_word", "cat"), ("xa", NAN),
                        ("steps", 5), ("cfg", TEXT_FOR_NUMBER), ("reg_iters", -1),
                        ("target_lines", "# only a comment"), ("seed", TEXT_FOR_NUMBER)]),
+    "/pix2pix_zero_fast": (lambda f: [_image(f.photo), str(f.checkpoint)],
+                           [("image", NONE), ("image", NOT_IMAGE_VALUE), ("image", TRUNCATED), ("image", JUNK),
+                            ("image", HUGE), ("checkpoint", "/nowhere/at/all", r"no distilled checkpoint folder"),
+                            ("checkpoint", ["a", "b"], r"must be a folder path"),
+                            ("checkpoint", 5, r"must be a folder path"),
+                            ("checkpoint", "", r"no distilled checkpoint was given")]),
+    "/pix2pix_zero_fast_list": (lambda f: [None], [("current", ["a", "b"], r"must be text"),
+                                                   ("current", 5, r"must be text")]),
     "/pix2pix_zero_caption": (lambda f: [_image(f.photo), RES],
                               [("image", JUNK), ("image", HUGE), ("resolution", 10_000),
                                ("resolution", TEXT_FOR_NUMBER)]),
