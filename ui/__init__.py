@@ -13,7 +13,7 @@ def build_demo(cache, outputs=None):
     import gradio as gr
 
     from ui import components as C
-    from ui import tabs
+    from ui import tabs, typed_numbers
     from ui.runner import Runner
 
     runner = Runner(cache, outputs=outputs)
@@ -21,6 +21,7 @@ def build_demo(cache, outputs=None):
         gr.Markdown("## Diffusion Edit Studio · research image-editing methods on Stable Diffusion 1.5, side by side",
                     elem_id="studio-title")
         C.banner(runner)
+        typed_numbers.install()
         with gr.Tabs() as runner.tabs:
             for tab in tabs.available():
                 with gr.Tab(tab.TITLE, id=tab.__name__.rsplit(".", 1)[-1]):
