@@ -155,7 +155,7 @@ def test_history_restores_the_edit_into_the_ito_tab(page, artifacts):
     saved = history.recent(page.outputs)
     assert len(saved) == 1  # the scribble edit above
     page.locator("#history-drop input[type=file]").set_input_files(str(saved[0]))  # drop the PNG
-    page.wait_for_selector("#ito-run", state="visible", timeout=30_000)  # the ITO tab is selected again
+    page.wait_for_selector("#ito-run", state="visible", timeout=120_000)  # the ITO tab is selected again
     page.wait_for_function("document.querySelector('#ito-notes').innerText.includes('Restored from History')",
                            timeout=60_000)
     ticked = page.eval_on_selector_all("#ito-conditions input[type=checkbox]",

@@ -232,6 +232,12 @@ def test_inversion_cache_is_bounded():
     assert len(cache) == 1 and cache.get("big") is not None  # over the byte budget: only the newest stays
 
 
+def test_auto_caption_at_a_resolution_that_makes_the_short_side_small(tiny_models, cat):
+    """At 64 px the cat is 64x48: the run captions the photo itself (it refused its own resized copy)."""
+    result = P.run(_inputs(cat, caption="", xa_guidance=0.0), tiny_models)
+    assert result.image.size == (64, 48) and result.params["caption"]
+
+
 def test_same_seed_same_output(tiny_models, cat):
     P.CACHE.clear()
     a = P.run(_inputs(cat, seed=7), tiny_models)

@@ -121,3 +121,16 @@ def test_a_checkpoint_sets_the_canny_sliders_it_was_trained_with(tmp_path):
     assert (low, high) == (50, 150) and "trained" in badge.lower()
     badge, low, high = checkpoint_changed("")
     assert low == {"__type__": "update"} and high == {"__type__": "update"}
+
+
+def test_the_badge_claims_the_trained_mode_only_for_a_usable_checkpoint(checkpoint, tmp_path):
+    """A typed path that is no checkpoint says why (it said "trained" for any text); a real one and a
+    hub id (checked when it loads) say trained; an empty field says training-free."""
+    from ui.tabs.iir_net import badge_text
+
+    for bad, why in ((tmp_path / "nowhere", "no checkpoint folder"), (ROOT / "assets", "config.json is missing")):
+        text = badge_text(str(bad))
+        assert "cannot be used" in text and why in text and "trained IIR-Net" not in text, text
+    assert "trained IIR-Net" in badge_text(checkpoint)
+    assert "trained IIR-Net" in badge_text("someone/iir-net-sd15")
+    assert "training-free" in badge_text("")

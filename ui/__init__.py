@@ -15,7 +15,7 @@ def build_demo(cache, outputs=None, distilled=None):
     import gradio as gr
 
     from ui import components as C
-    from ui import tabs
+    from ui import tabs, typed_numbers
     from ui.runner import Runner
 
     from engine.methods.pix2pix_zero_fast import distilled_folder
@@ -26,6 +26,7 @@ def build_demo(cache, outputs=None, distilled=None):
         gr.Markdown("## Diffusion Edit Studio · research image-editing methods on Stable Diffusion 1.5, side by side",
                     elem_id="studio-title")
         C.banner(runner)
+        typed_numbers.install()
         with gr.Tabs() as runner.tabs:
             for tab in tabs.available():
                 with gr.Tab(tab.TITLE, id=tab.__name__.rsplit(".", 1)[-1]):

@@ -296,7 +296,9 @@ def run(inputs: Pix2PixZeroInputs, models, on_step: Optional[StepCallback] = Non
 
     # -- 2. caption and direction -------------------------------------------------------------------
     with log.stage("caption"):
-        caption = user_caption or auto_caption(models, image, inputs.resolution)
+        # From the photo as given: the resized one may be under the 64 px minimum on its short side
+        # (64 px resolution, non-square photo), which load_image would refuse a second time.
+        caption = user_caption or auto_caption(models, inputs.image, inputs.resolution)
     with log.stage("direction"):
         direction = D.direction_from_banks(models, sd, src_bank, tgt_bank)
     scheduler = sd.scheduler()

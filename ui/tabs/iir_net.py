@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.core.iir_checkpoint import configured, trained_settings
+from engine.core.iir_checkpoint import configured, preflight, trained_settings
 from engine.core.phrases import noun_phrase
 from engine.core.removal import MAX_NOISE
 from engine.methods import iir_net
@@ -15,6 +15,7 @@ TITLE = "IIR-Net"
 ORDER = 3
 API_NAME = "iir_net"
 
+UNUSABLE = "**The checkpoint `{}` cannot be used** ({}); Edit will refuse it. Empty the field for the training-free mode."
 TRAINED = "**Mode: trained IIR-Net** — a ControlNet trained on the removal module's output reads the photo ({})."
 FREE = ("**Mode: training-free approximation** — no trained IIR-Net checkpoint is configured, so the removal "
         "image is repainted by img2img under the Canny ControlNet and the background is copied from the photo. "
@@ -22,11 +23,18 @@ FREE = ("**Mode: training-free approximation** — no trained IIR-Net checkpoint
 
 
 def badge_text(checkpoint: str | None = None, mode: str | None = None) -> str:
-    """The mode badge: from a finished run's params.mode, or from the checkpoint field."""
+    """The mode badge: from a finished run's params.mode, or from the checkpoint field. A typed local
+    path is inspected first (not loaded): one that is not a usable checkpoint says why instead of
+    claiming the trained mode; a hub id is checked when it loads."""
     try:
         source = configured(checkpoint)
     except ValueError:
         source = None
+    if mode is None and source:
+        try:
+            preflight(source)
+        except ValueError as exc:
+            return UNUSABLE.format(source, exc)
     if mode == "trained" or (mode is None and source):
         return TRAINED.format(f"`{source}`" if source else "checkpoint")
     return FREE
