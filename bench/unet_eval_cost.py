@@ -1,0 +1,55 @@
+"""Seconds per UNet evaluation of a profile at a resolution, batch 1 and batch 2 (CFG).
+
+    python -m bench.unet_eval_cost --profile sd15-shape --device cpu --resolution 512 [--threads 2]
+
+With the evaluations a method makes (its report's unet_evals), this bounds from below what an
+edit costs on a device where running the whole edit takes too long to measure (pix2pix-zero at
+512 px on a 2-core CPU): the UNet dominates, and the VAE, text encoder and regulariser only add.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+
+def main(argv=None) -> int:
+    from engine.models import PROFILES, ModelCache
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", choices=PROFILES, default="sd15-shape")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--resolution", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    models = ModelCache(args.profile, device=args.device)
+    sd = models.sd()
+    unet = sd.unet
+    side = args.resolution // 8
+    dtype = next(unet.parameters()).dtype
+    width = unet.config.cross_attention_dim
+    for batch in (1, 2):
+        x = torch.randn(batch, unet.config.in_channels, side, side, device=models.device, dtype=dtype)
+        c = torch.randn(batch, 77, width, device=models.device, dtype=dtype)
+        t = torch.tensor([500] * batch, device=models.device)
+        times = []
+        with torch.no_grad():
+            for i in range(args.repeats + 1):
+                start = time.perf_counter()
+                unet(x, t, encoder_hidden_states=c)
+                if models.device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i:  # the first call is the warm-up
+                    times.append(time.perf_counter() - start)
+        print(f"{args.profile} {args.resolution}px {models.device} threads={args.threads} batch {batch}: "
+              f"{statistics.median(times):.3f} s per UNet evaluation (median of {args.repeats})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
