@@ -27,7 +27,6 @@ test_pseudo_target_is_retrieved_by_the_mean_of_image_and_edit_prompt, test_pair_
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -43,6 +42,7 @@ from PIL import Image
 from engine.core import masks as MK
 from engine.core.image import image_hash, load_image
 from engine.train.iedit_data import PairRecord, write_pairs
+from engine.train.shards import read_captions
 from engine.train.word_swap import load_lexicon, swap_one_word
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -53,20 +53,6 @@ def list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ValueError(f"no image folder at {folder}")
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
-
-
-def read_captions(path: Optional[str]) -> dict[str, str]:
-    if not path:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"no captions file at {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ValueError(f'{path}: expected {{"image file name": "caption", ...}}')
-    return data
 
 
 def retrieve_targets(image_emb: torch.Tensor, text_emb: torch.Tensor, sources: list[int],

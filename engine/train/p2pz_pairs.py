@@ -51,6 +51,7 @@ from typing import Optional
 
 import numpy as np
 from PIL import Image
+from engine.train.shards import read_captions
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PAIRS = "pairs.json"
@@ -182,20 +183,6 @@ def _edit_one(path: Path, key: str, a, source: str, target: str, target_text: st
                         None if a.no_segmentation else a.segmenter, a.mask_threshold)
     return dict(scores, image=str(path), caption=caption, input=files[0], edit=files[1],
                 ), files
-
-
-def read_captions(path: Optional[str]) -> dict:
-    if not path:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"no captions file at {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ValueError(f'{path}: expected {{"image file name": "caption", ...}}')
-    return data
 
 
 def build_pairs(a, models, progress: bool = True) -> dict:

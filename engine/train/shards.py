@@ -159,3 +159,19 @@ def read_parts(out: Path) -> list[dict]:
     for part in sorted((Path(out) / PARTS).glob("*.jsonl")):
         rows += [json.loads(line) for line in part.read_text(encoding="utf-8").splitlines() if line.strip()]
     return rows
+
+
+def read_captions(path) -> dict[str, str]:
+    """A --captions JSON file {"image file name": "caption", ...} (none: {}); ValueError otherwise.
+    Used by the pair-building jobs (engine.train.iedit_pairs, engine.train.p2pz_pairs)."""
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"no captions file at {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ValueError(f'{path}: expected {{"image file name": "caption", ...}}')
+    return data
