@@ -111,6 +111,9 @@ def _click_preview(page, tab, fx, fy):
     _refine_open(page, tab)
     img = page.locator(f"#{tab}-preview img").first
     img.scroll_into_view_if_needed()
+    page.wait_for_function("(sel) => { const i = document.querySelector(sel); "
+                           "return !!i && i.complete && i.naturalWidth > 0; }", arg=f"#{tab}-preview img",
+                           timeout=60_000)  # the preview is loaded (not being replaced)
     box = img.bounding_box()
     natural = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
     scale = min(box["width"] / natural[0], box["height"] / natural[1], 1)

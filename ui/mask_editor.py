@@ -300,6 +300,7 @@ class MaskEditor:
     base: Any  # gr.State: the mask before the current set of clicks (for "add")
     key: Any = None     # gr.State: which photo the editor holds (its hash), to tell a new photo from a re-sent one
     intake: Any = None  # hidden gr.Button: the page clicks it when the browser could not open a chosen file
+    selection: Any = None  # gr.State: (photo key, the last non-empty mask the editor held on that photo)
 
     @property
     def settings(self) -> list:
@@ -379,7 +380,7 @@ def mask_editor(runner, prefix: str, label: str = "Photo: paint the region (whit
     key = gr.State("")
     me = MaskEditor(editor, text, select, method, add, box_threshold, text_threshold, clipseg_threshold,
                     shown, click_mode, clicks, clear_clicks, clear_mask, grow, feather, invert, whole_image,
-                    message, status, base, key, intake)
+                    message, status, base, key, intake, gr.State(None))
     _wire(runner, prefix, me)
     _install_intake_script()
     registry = getattr(runner, "mask_editors", None)
@@ -480,10 +481,16 @@ def _select_text(runner):
         message = message[:1].upper() + message[1:]
         if M.is_empty(mask):
             gr.Warning(message)
-        value = editor_value(photo, _combine(painted, mask, add))
-        return (value, *preview(value, grow, feather, invert, whole), message, "", None)
+        layer = _combine(painted, mask, add)
+        value = editor_value(photo, layer)
+        return (value, *preview(value, grow, feather, invert, whole), message, "", None, _remember(photo, layer))
 
     return select_text
+
+
+def _remember(photo, layer):
+    """The `selection` state: (photo key, mask), or None for an empty mask."""
+    return None if M.is_empty(layer) else (photo_key(photo), layer)
 
 
 def _combine(painted, mask, add, base=None):
@@ -509,7 +516,8 @@ def fill_from_text(runner, me: MaskEditor, triggers: list, text, method, clipseg
                       request=request, progress=progress)
 
     inputs = [me.editor, text, method, me.box_threshold, me.text_threshold, clipseg_threshold, me.add, *me.settings]
-    return gr.on(triggers, fill, inputs, [me.editor, me.preview, me.status, me.message, me.clicks, me.base],
+    return gr.on(triggers, fill, inputs, [me.editor, me.preview, me.status, me.message, me.clicks, me.base,
+                                          me.selection],
                  api_name=api_name, concurrency_id="gpu", show_progress_on=[me.preview])
 
 
@@ -537,40 +545,48 @@ def _wire(runner, prefix: str, me: MaskEditor) -> None:
         message = message[:1].upper() + message[1:]
         if M.is_empty(mask):
             gr.Warning(message)
-        value = editor_value(photo, _combine(painted, mask, add, base))
-        return (value, *preview(value, grow, feather, invert, whole), message)
+        layer = _combine(painted, mask, add, base)
+        value = editor_value(photo, layer)
+        return (value, *preview(value, grow, feather, invert, whole), message, _remember(photo, layer))
 
     def clear(editor, grow, feather, invert, whole):
         photo, _ = read_editor(editor)
         if photo is None:
-            return None, None, describe(None, None), "", "", None
+            return None, None, describe(None, None), "", "", None, None
         value = editor_value(photo, M.empty(photo.size))
-        return (value, *preview(value, grow, feather, invert, whole), "", "", None)
+        return (value, *preview(value, grow, feather, invert, whole), "", "", None, None)
 
-    def uploaded(editor, grow, feather, invert, whole, key):
+    def uploaded(editor, grow, feather, invert, whole, key, selection):
         """A photo arrived. Gradio 6.31's editor also fires "upload" when Python sets its value (after
-        every selection) and when it re-mounts: the same photo keeps the clicks, the selection message
-        and the click base; only a new photo starts afresh. Too small: refused; too large: downscaled."""
+        every selection) and when it re-mounts, and a person may choose the same file again: the same
+        photo keeps the clicks, the selection message and the click base, and its mask: when the
+        editor arrives without one (choosing the same file again can drop the layer in the browser,
+        depending on timing), the last mask seen on that photo is put back. Only a new photo starts
+        afresh. Too small: refused; too large: downscaled."""
         keep = gr.update()
         try:
-            photo, _ = read_editor(editor)
+            photo, painted = read_editor(editor)
         except gr.Error as exc:
             gr.Warning(exc.message)
-            return keep, None, f"**{exc.message}**", keep, keep, keep, keep
+            return keep, None, f"**{exc.message}**", keep, keep, keep, keep, keep
         if photo is None:
-            return keep, *preview(editor, grow, feather, invert, whole), keep, keep, keep, keep
+            return keep, *preview(editor, grow, feather, invert, whole), keep, keep, keep, keep, keep
         new_key = photo_key(photo)
         if new_key == key:  # the photo the editor already held: nothing the user did is undone
-            return keep, *preview(editor, grow, feather, invert, whole), keep, keep, keep, keep
+            lost = painted is None or M.is_empty(painted)
+            if lost and selection is not None and selection[0] == new_key:
+                value = editor_value(photo, selection[1])
+                return value, *preview(value, grow, feather, invert, whole), keep, keep, keep, keep, keep
+            return keep, *preview(editor, grow, feather, invert, whole), keep, keep, keep, keep, keep
         kept, note = intake(photo)
         if kept is None:
             gr.Warning(note)
-            return None, None, describe(None, None), f"**{note}**", "", None, ""
+            return None, None, describe(None, None), f"**{note}**", "", None, "", None
         if kept is not photo:
             gr.Info(note)
             value = {"background": kept.convert("RGBA"), "layers": [], "composite": kept.convert("RGBA")}
-            return (value, *preview(value, grow, feather, invert, whole), note, "", None, photo_key(kept))
-        return keep, *preview(editor, grow, feather, invert, whole), note, "", None, new_key
+            return (value, *preview(value, grow, feather, invert, whole), note, "", None, photo_key(kept), None)
+        return keep, *preview(editor, grow, feather, invert, whole), note, "", None, new_key, None
 
     def unreadable(report=""):
         if not (report or "").strip():
@@ -579,38 +595,48 @@ def _wire(runner, prefix: str, me: MaskEditor) -> None:
         gr.Warning(message)
         return f"**{message}**"
 
-    def changed(editor, grow, feather, invert, whole):
+    def changed(editor, grow, feather, invert, whole, selection):
+        """The preview and status of what the editor holds; a non-empty mask is remembered with its
+        photo's key, for `uploaded` to put back if the same photo arrives without it."""
         shown, status = preview(editor, grow, feather, invert, whole)
         if status == f"**{PAINT_FIRST}**":
             gr.Warning(PAINT_FIRST)
         elif shown is not None and min(shown.size) < UPLOAD_MIN_SIDE:  # refused on upload: not the photo
-            return None, describe(None, None)
-        return shown, status
+            return None, describe(None, None), selection
+        try:
+            photo, painted = read_editor(editor)
+        except gr.Error:
+            photo, painted = None, None
+        if photo is not None and painted is not None and not M.is_empty(painted):
+            selection = (photo_key(photo), painted)  # brush strokes (selections also set it themselves)
+        return shown, status, selection
 
     outs = [me.editor, me.preview, me.status, me.message]
     text_inputs = [me.editor, me.text, me.method, me.box_threshold, me.text_threshold, me.clipseg_threshold,
                    me.add, *settings]
-    gr.on([me.select.click, me.text.submit], _select_text(runner), text_inputs, outs + [me.clicks, me.base],
+    gr.on([me.select.click, me.text.submit], _select_text(runner), text_inputs,
+          outs + [me.clicks, me.base, me.selection],
           api_name=f"{prefix}_select_text", concurrency_id="gpu", show_progress_on=[me.preview])
     click_inputs = [me.editor, me.clicks, me.add, *settings, me.base]
     me.preview.select(add_click, [me.editor, me.clicks, me.click_mode, me.base], [me.clicks, me.base],
                       api_name=False, queue=False, show_progress="hidden").success(
-        select_click, click_inputs, outs, api_name=f"{prefix}_select_click", concurrency_id="gpu",
+        select_click, click_inputs, outs + [me.selection], api_name=f"{prefix}_select_click", concurrency_id="gpu",
         show_progress_on=[me.preview])
-    me.clicks.submit(select_click, click_inputs, outs, api_name=False, concurrency_id="gpu",
+    me.clicks.submit(select_click, click_inputs, outs + [me.selection], api_name=False, concurrency_id="gpu",
                      show_progress_on=[me.preview])
     me.clear_clicks.click(lambda: ("", None), None, [me.clicks, me.base], api_name=False, queue=False)
-    me.clear_mask.click(clear, [me.editor, *settings], outs + [me.clicks, me.base], api_name=False,
+    me.clear_mask.click(clear, [me.editor, *settings], outs + [me.clicks, me.base, me.selection], api_name=False,
                         show_progress="hidden")
-    me.editor.upload(uploaded, [me.editor, *settings, me.key],
-                     [me.editor, me.preview, me.status, me.message, me.clicks, me.base, me.key], api_name=False,
-                     show_progress="hidden")
-    me.editor.clear(lambda: (None, describe(None, None), "", "", None, ""), None,
-                    [me.preview, me.status, me.message, me.clicks, me.base, me.key], api_name=False, queue=False)
+    me.editor.upload(uploaded, [me.editor, *settings, me.key, me.selection],
+                     [me.editor, me.preview, me.status, me.message, me.clicks, me.base, me.key, me.selection],
+                     api_name=False, show_progress="hidden")
+    me.editor.clear(lambda: (None, describe(None, None), "", "", None, "", None), None,
+                    [me.preview, me.status, me.message, me.clicks, me.base, me.key, me.selection], api_name=False,
+                    queue=False)
     # The script's note on this editor is the argument (a button sends no value of its own).
     report_js = (f"() => (document.getElementById('{prefix}-photo')?.closest('.mask-editor')?.dataset.desIntake"
                  " || '')")
     me.intake.click(unreadable, me.intake.note, me.message, js=report_js, api_name=False,
                     show_progress="hidden")
-    gr.on([me.editor.change, *(c.change for c in settings)], changed, [me.editor, *settings],
-          [me.preview, me.status], api_name=False, trigger_mode="always_last", show_progress="hidden")
+    gr.on([me.editor.change, *(c.change for c in settings)], changed, [me.editor, *settings, me.selection],
+          [me.preview, me.status, me.selection], api_name=False, trigger_mode="always_last", show_progress="hidden")
