@@ -26,6 +26,7 @@ from PIL import Image
 
 from engine.core import masks as M
 from engine.types import StepInfo
+from ui.page_scripts import run_once_on_load
 
 LAYER_ALPHA = 0.6      # opacity of the white mask paint, so the photo shows through it
 ALPHA_THRESHOLD = 0.2  # a layer pixel is "in the mask" from this opacity up (brush edges below)
@@ -382,7 +383,7 @@ def mask_editor(runner, prefix: str, label: str = "Photo: paint the region (whit
                     shown, click_mode, clicks, clear_clicks, clear_mask, grow, feather, invert, whole_image,
                     message, status, base, key, intake, gr.State(None))
     _wire(runner, prefix, me)
-    _install_intake_script()
+    run_once_on_load(INTAKE_JS)  # once per app, however many editors it has
     registry = getattr(runner, "mask_editors", None)
     if registry is None:
         registry = runner.mask_editors = {}
@@ -416,17 +417,6 @@ INTAKE_JS = """
   }, true);
 }
 """
-
-
-def _install_intake_script() -> None:
-    """Run INTAKE_JS once when the page loads (once per app, however many editors it has)."""
-    from gradio.context import Context
-
-    root = Context.root_block
-    if root is None or getattr(root, "_des_intake", False):
-        return
-    root._des_intake = True
-    root.load(None, None, None, js=INTAKE_JS, api_name=False, queue=False)
 
 
 def unreadable_message(report: str) -> str:

@@ -51,11 +51,7 @@ CLAMP_JS = """
 
 
 def install() -> None:
-    """Run CLAMP_JS when the page loads (call inside the Blocks context, once per app)."""
-    from gradio.context import Context
+    """Run CLAMP_JS when the page loads (call inside the Blocks context)."""
+    from ui.page_scripts import run_once_on_load
 
-    root = Context.root_block
-    if root is None or getattr(root, "_des_clamp", False):
-        return
-    root._des_clamp = True
-    root.load(None, None, None, js=CLAMP_JS, api_name=False, queue=False)
+    run_once_on_load(CLAMP_JS)
