@@ -55,3 +55,28 @@ def test_the_editor_state_is_saved_with_the_result_and_read_back(tmp_path, photo
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
     assert history.read_editor_state(plain) is None  # older results: History restores the mask alone
+
+
+def test_a_large_photos_change_leaves_the_preview_to_its_upload(tiny_models):
+    """The editor fires "change" beside "upload" for a new file, and the two can end in either order:
+    the change of a photo over UPLOAD_MAX_SIDE must not put that photo in the preview over the
+    downscaled one that "upload" shows (seen as a preview that never showed the 1024 px photo)."""
+    from ui import build_demo
+
+    demo = build_demo(tiny_models)
+    handlers = {}
+    for dep in demo.fns.values():
+        if dep.fn is not None and dep.fn.__name__ in ("changed", "uploaded") and \
+                getattr(dep.inputs[0], "elem_id", "") == "sdedit-photo":
+            handlers[dep.fn.__name__] = dep.fn
+    assert set(handlers) == {"changed", "uploaded"}
+    y, x = np.mgrid[0:800, 0:1200]
+    big = Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8))
+    value = {"background": big.convert("RGBA"), "layers": [], "composite": big.convert("RGBA")}
+    shown, status, selection = handlers["changed"](value, 0, 0, False, False, None)
+    assert shown == gr.update() and status == gr.update() and selection is None
+    out = handlers["uploaded"](value, 0, 0, False, False, "", None)
+    editor, shown, note = out[0], out[1], out[3]
+    assert editor["background"].size == (1024, 683) and shown.size == (1024, 683) and "downscaled" in note
+    shown, status, _ = handlers["changed"](editor, 0, 0, False, False, None)  # the downscaled photo's change
+    assert shown.size == (1024, 683) and "Nothing selected" in status

@@ -587,16 +587,21 @@ def _wire(runner, prefix: str, me: MaskEditor) -> None:
 
     def changed(editor, grow, feather, invert, whole, selection):
         """The preview and status of what the editor holds; a non-empty mask is remembered with its
-        photo's key, for `uploaded` to put back if the same photo arrives without it."""
+        photo's key, for `uploaded` to put back if the same photo arrives without it. A photo over
+        UPLOAD_MAX_SIDE has not been through `uploaded` yet (its change fires beside its upload, and
+        may end after it): the preview is left to `uploaded`, which shows the downscaled photo."""
+        keep = gr.update()
+        try:
+            photo, painted = read_editor(editor)
+        except gr.Error:
+            photo, painted = None, None
+        if photo is not None and max(photo.size) > UPLOAD_MAX_SIDE:
+            return keep, keep, selection
         shown, status = preview(editor, grow, feather, invert, whole)
         if status == f"**{PAINT_FIRST}**":
             gr.Warning(PAINT_FIRST)
         elif shown is not None and min(shown.size) < UPLOAD_MIN_SIDE:  # refused on upload: not the photo
             return None, describe(None, None), selection
-        try:
-            photo, painted = read_editor(editor)
-        except gr.Error:
-            photo, painted = None, None
         if photo is not None and painted is not None and not M.is_empty(painted):
             selection = (photo_key(photo), painted)  # brush strokes (selections also set it themselves)
         return shown, status, selection
