@@ -19,6 +19,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--memory", choices=("gpu", "offload"), default="gpu",
                    help="gpu: all models resident; offload: each model moves to the GPU only while it runs")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="convolutions in channels-last memory order (auto: on a GPU only)")
     p.add_argument("--outputs", default=os.environ.get("DES_OUTPUTS", "outputs"),
                    help="folder where every result is saved with its settings (default ./outputs)")
     p.add_argument("--distilled", default=os.environ.get("DES_DISTILLED_DIR", "checkpoints/distilled"),
@@ -40,7 +42,8 @@ def make_cache(args) -> ModelCache:
             raise SystemExit(f"--model expects NAME=SRC, got {item!r}")
         overrides[name] = source
     try:
-        return ModelCache(args.profile, device=args.device, memory=args.memory, overrides=overrides)
+        return ModelCache(args.profile, device=args.device, memory=args.memory, overrides=overrides,
+                          channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
     except ValueError as exc:
         raise SystemExit(f"error: {exc}")
 

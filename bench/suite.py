@@ -135,6 +135,11 @@ def main(argv=None) -> int:
         distill += ["--diffusion-seconds", f"{p2pz['seconds']:.4f}"]
     print("distilled pix2pix-zero generator:", flush=True)
     p2pz_distill_speed.main(distill)
+    from bench import memory_format  # decides --channels-last auto (on for the device when faster)
+
+    print("channels-last memory order:", flush=True)
+    memory_format.main(["--profile", profile, "--resolution", str(resolution), "--device", str(models.device),
+                        "--rounds", "1" if dry else "3"] + ([] if record else ["--no-record"]))
     elapsed = time.perf_counter() - start
     print(f"suite done in {elapsed:.0f} s on {device_name(models)}")
     if record:

@@ -30,6 +30,8 @@ def add_common(parser: argparse.ArgumentParser, needs_image: bool = True) -> Non
     parser.add_argument("--resolution", type=int, default=512, help="longest side in pixels (multiple of 8)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--memory", choices=("gpu", "offload"), default="gpu")
+    parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                        help="convolutions in channels-last memory order (auto: on a GPU only)")
     parser.add_argument("--model", action="append", type=_model_override, default=[], metavar="NAME=SRC",
                         help="override a model's hub id or local folder (repeatable)")
 
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        models = ModelCache(args.profile, device=args.device, memory=args.memory, overrides=dict(args.model))
+        models = ModelCache(args.profile, device=args.device, memory=args.memory, overrides=dict(args.model),
+                            channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
         if args.method == "segment":
             from engine import segment_cli
 

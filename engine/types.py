@@ -12,14 +12,16 @@ class StepInfo:
     """One step of one stage, sent to the progress callback.
 
     `stage` names the part of the method ("inversion", "edit", "fine-tuning"...), `i` counts
-    from 1 to `n`. `losses` carries the values a method optimises at that step, if any.
+    from 1 to `n`. `losses` carries the values a method optimises at that step, if any, as floats
+    or 0-d tensors still on the device (the loop does not wait for them; reading one, float(v) or
+    f"{v:.4g}", waits for the device at that point).
     """
 
     stage: str
     i: int
     n: int
     preview: Optional[Image.Image] = None
-    losses: Optional[dict[str, float]] = None
+    losses: Optional[dict] = None
 
 
 StepCallback = Callable[[StepInfo], None]

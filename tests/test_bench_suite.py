@@ -18,4 +18,5 @@ def test_dry_run_covers_every_case_and_the_comparison(tmp_path):
     for case in CASES:
         assert any(line.startswith(case + " ") for line in out.stdout.splitlines()), (case, out.stdout)
     assert "whole app resident" in out.stdout and "first edit" in out.stdout and "suite done" in out.stdout
+    assert "per UNet evaluation (NCHW / channels-last" in out.stdout
     assert (ROOT / "bench" / "RESULTS.md").read_text() == before  # a dry run records nothing

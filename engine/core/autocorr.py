@@ -145,7 +145,7 @@ def make_regularizer(reg_lambda: float, iters: int, generator: torch.Generator,
                 eta = (var - scale * grad).detach()
         if record is not None:  # the deterministic all-offsets L_pair, so the curve draws no random numbers
             with torch.no_grad():
-                record(i, float(full_pair_loss(eta).sum()), float(kl_loss(eta).sum()))
+                record(i, full_pair_loss(eta).sum(), kl_loss(eta).sum())  # 0-d tensors, read after the loop
         return eta.to(eps.dtype)
 
     return regularize

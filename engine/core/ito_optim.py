@@ -105,7 +105,7 @@ def ito_update(y: torch.Tensor, x_t: torch.Tensor, g_t: Optional[torch.Tensor], 
         terms.append(("preservation", lam, lambda v: preservation_loss(v, x_t, keep), AdamMoments(z)))
     if use_g:
         terms.append(("guidance", 1.0 - lam, lambda v: guidance_loss(v, g_t), AdamMoments(z)))
-    losses: dict[str, float] = {}
+    losses: dict[str, torch.Tensor] = {}
     if not terms:
         return z.to(y.dtype), losses
     for _ in range(int(k)):
@@ -115,7 +115,7 @@ def ito_update(y: torch.Tensor, x_t: torch.Tensor, g_t: Optional[torch.Tensor], 
                 v = z.clone().requires_grad_(True)
                 loss = loss_fn(v)
                 (grad,) = torch.autograd.grad(loss, v)  # d loss / d y_t only: the graph holds latents, no model
-            losses[name] = float(loss.detach())
+            losses[name] = loss.detach()  # a 0-d tensor: read after the loop, not waited for here
             step = step + weight * moments.direction(grad)  # Eq. 6: (1 - lambda) L_G + lambda L_REC
         z = z - lr * step  # gamma = lr (Sec. 4, "Implementation")
     return z.to(y.dtype), losses
@@ -133,7 +133,7 @@ def ito_decode(unet, scheduler, start: torch.Tensor, ts: torch.Tensor, cond: tor
     y = start.float()
     n = len(ts)
     for i, t in enumerate(ts):
-        losses: dict[str, float] = {}
+        losses: dict[str, torch.Tensor] = {}
         if i < t_u and k > 0:
             y, losses = ito_update(y, targets[i], guides[i] if guides is not None else None, keep, lam, k, lr)
         with torch.no_grad():

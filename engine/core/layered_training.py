@@ -46,9 +46,9 @@ def noised_batch(scheduler, x0: torch.Tensor, generator: torch.Generator):
     b = x0.shape[0]
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
     noise = S.randn(tuple(x0.shape), generator, x0.device, torch.float32)
-    a = scheduler.alphas_cumprod[t].to(x0.device, torch.float32).view(b, 1, 1, 1)
+    a = S.host_to_device(scheduler.alphas_cumprod[t], x0.device, torch.float32).view(b, 1, 1, 1)
     x_t = a.sqrt() * x0.float() + (1 - a).sqrt() * noise
-    return x_t, t.to(x0.device), noise
+    return x_t, S.host_to_device(t, x0.device), noise
 
 
 def loss_scale(dtype: torch.dtype) -> float:
@@ -92,7 +92,7 @@ def optimize_embeddings(unet, scheduler, x_photo: torch.Tensor, x_ref: torch.Ten
                 ((loss_a + loss_b) * scale).backward()
             counter.backward += 1
             _adam_step(opt, [e_a, e_b], scale)
-            report(i, loss_a.item(), loss_b.item())
+            report(i, loss_a.detach(), loss_b.detach())  # 0-d tensors: no wait for the device per step
     finally:
         opt.zero_grad(set_to_none=True)
         opt.state.clear()
@@ -139,7 +139,7 @@ def fine_tune(unet, params: Sequence[torch.nn.Parameter], scheduler, x_photo: to
                 (total * scale).backward()
             counter.backward += 1
             skipped += 0 if _adam_step(opt, params, scale) else 1
-            report(i, l_obj.item(), l_bg.item())
+            report(i, l_obj.detach(), l_bg.detach())
     finally:
         opt.zero_grad(set_to_none=True)
         opt.state.clear()

@@ -6,6 +6,9 @@ Notation follows DDIM (Song et al., 2021): alpha_t is the scheduler's cumulative
 """
 from __future__ import annotations
 
+import threading
+import weakref
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -65,8 +68,27 @@ def encode_image(sd, image: Image.Image) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_latents(sd, latents: torch.Tensor) -> list[Image.Image]:
-    images = sd.vae.decode(latents.to(sd.vae.dtype) / sd.vae.config.scaling_factor).sample
+    """The VAE decoder's images of `latents`. In fp16 the decoder can overflow (inf, then NaN after a
+    norm) on latents far from the training range; only then is that decode redone in fp32, by an
+    fp32 copy of the decoder made on first need (the cached model is never changed)."""
+    z = latents / sd.vae.config.scaling_factor
+    images = sd.vae.decode(z.to(sd.vae.dtype)).sample
+    if images.dtype == torch.float16 and not torch.isfinite(images).all():  # one check per decode, not per step
+        images = fp32_vae(sd.vae).decode(z.float()).sample
     return tensor_to_pil(images)
+
+
+_FP32_VAES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FP32_LOCK = threading.Lock()
+
+
+def fp32_vae(vae):
+    """An fp32 copy of an fp16 VAE, made once per VAE and kept while the VAE lives."""
+    with _FP32_LOCK:
+        copy = _FP32_VAES.get(vae)
+        if copy is None:
+            copy = _FP32_VAES[vae] = deepcopy(vae).float().eval().requires_grad_(False)
+        return copy
 
 
 # -- noise prediction ---------------------------------------------------------------------
@@ -114,16 +136,33 @@ def timesteps(scheduler, steps: int, device=None) -> torch.Tensor:
     return scheduler.timesteps
 
 
+def _alpha_table(scheduler, device) -> torch.Tensor:
+    """[final alpha, alpha_0, ..., alpha_{T-1}] on `device`, made once per scheduler and device."""
+    tables = scheduler.__dict__.setdefault("_des_alpha_tables", {})
+    key = str(device)
+    if key not in tables:
+        final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=scheduler.alphas_cumprod.dtype).reshape(1)
+        tables[key] = torch.cat([final, scheduler.alphas_cumprod]).to(device)
+    return tables[key]
+
+
 def alpha_bar(scheduler, t) -> torch.Tensor:
-    """alpha_t (cumulative); t < 0 means "before the first step" (the final alpha)."""
+    """alpha_t (cumulative); t < 0 means "before the first step" (the final alpha).
+
+    A tensor t is looked up on its own device (no int(t): on a GPU that would make the host wait
+    for the device at every step); a Python int as before."""
+    if isinstance(t, torch.Tensor):
+        return _alpha_table(scheduler, t.device)[(t.long() + 1).clamp_min(0)]
     t = int(t)
     if t < 0:
         return scheduler.final_alpha_cumprod
     return scheduler.alphas_cumprod[t]
 
 
-def previous_timestep(scheduler, t) -> int:
-    return int(t) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+def previous_timestep(scheduler, t):
+    """t - T / steps: the timestep one DDIM step later (a tensor stays a tensor, on its device)."""
+    gap = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    return t - gap if isinstance(t, torch.Tensor) else int(t) - gap
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
@@ -169,4 +208,14 @@ def make_generator(seed: int, device) -> torch.Generator:
 
 
 def randn(shape, generator: torch.Generator, device, dtype) -> torch.Tensor:
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
+    return host_to_device(torch.randn(shape, generator=generator, dtype=torch.float32), device, dtype)
+
+
+def host_to_device(x: torch.Tensor, device, dtype=None) -> torch.Tensor:
+    """x (on the CPU) on `device` without making the host wait for the device's queued work: a copy
+    from pageable memory to a GPU waits for the stream; from pinned memory with non_blocking it does
+    not (torch's caching host allocator keeps the pinned buffer until the copy is done)."""
+    device = torch.device(device)
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, dtype, non_blocking=True)
+    return x.to(device, dtype)

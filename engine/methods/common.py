@@ -48,16 +48,44 @@ def check_seed(seed) -> int:
     return check_number("seed", seed, 0, 2**32 - 1, integer=True)
 
 
+def to_host(values: list) -> list[float]:
+    """Floats and 0-d tensors -> floats, with one device-to-host copy for all the tensors: a step loop
+    keeps its losses on the device and converts them once, after the loop (a float() per step
+    would make the host wait for the device at every step; issue 18)."""
+    at = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
+    out = list(values)
+    if at:
+        for i, h in zip(at, torch.stack([values[i].detach().float().reshape(()) for i in at]).tolist()):
+            out[i] = h
+    return [float(v) for v in out]
+
+
 class RunLog:
-    """Seconds per stage, UNet evaluations and loss curves of one run."""
+    """Seconds per stage, UNet evaluations and loss curves of one run.
+
+    Losses given to `step`/`record` may be 0-d tensors: they stay on the device until `curves` is
+    read (after the loops), and a step callback receives them as they are (formatting one waits for
+    the device; the UI's progress never reads them)."""
 
     def __init__(self, on_step: Optional[StepCallback] = None):
         self.on_step = on_step
         self.counter = UNetCounter()
         self.seconds: dict[str, float] = {}
-        self.curves: dict[str, list[float]] = {}
+        self._curves: dict[str, list] = {}
         self.notes: list[str] = []
         self._start = time.perf_counter()
+
+    @property
+    def curves(self) -> dict[str, list[float]]:
+        """The loss curves as floats (converted here, once, not per step)."""
+        for key, values in self._curves.items():
+            if any(isinstance(v, torch.Tensor) for v in values):
+                self._curves[key] = to_host(values)
+        return self._curves
+
+    def record(self, key: str, value) -> None:
+        """Append a float or a 0-d tensor (kept on its device) to the curve `key`."""
+        self._curves.setdefault(key, []).append(value.detach() if isinstance(value, torch.Tensor) else float(value))
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -69,9 +97,9 @@ class RunLog:
                 torch.cuda.synchronize()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
-    def step(self, stage: str, i: int, n: int, **losses: float) -> None:
+    def step(self, stage: str, i: int, n: int, **losses) -> None:
         for key, value in losses.items():
-            self.curves.setdefault(key, []).append(float(value))
+            self.record(key, value)
         if self.on_step:
             self.on_step(StepInfo(stage, i, n, losses=dict(losses) or None))
 

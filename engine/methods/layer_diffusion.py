@@ -313,7 +313,7 @@ def run(inputs: LayerDiffusionInputs, models, on_step: Optional[StepCallback] = 
                     eps = S.predict_noise(tuned, x, t, cond, log.counter, uncond=uncond, cfg=cfg)
                     x = S.ddim_step(scheduler, eps.to(x.dtype), t, x)
                     schedule.append("e_a" if use_a else "e_opt")
-                    log.curves.setdefault("guidance_uses_e_a", []).append(1.0 if use_a else 0.0)
+                    log.record("guidance_uses_e_a", 1.0 if use_a else 0.0)
                     log.step(STAGE_SAMPLE, i + 1, len(ts))
     finally:
         train_params = None

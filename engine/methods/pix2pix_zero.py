@@ -59,7 +59,7 @@ from engine.core.autocorr import make_regularizer, noise_image, noise_stats
 from engine.core.image import image_hash, load_image
 from engine.core.inversion import ddim_invert
 from engine.methods import p2pz_directions as D
-from engine.methods.common import RunLog, check_number, check_seed, check_text, params_of
+from engine.methods.common import RunLog, check_number, check_seed, check_text, params_of, to_host
 from engine.types import EditResult, StepCallback
 
 NAME = "pix2pix-zero"
@@ -179,16 +179,16 @@ def edit(sd, scheduler, x_inv, cond_edit, uncond, maps, steps, cfg, xa_guidance,
                     S.predict_noise(sd.unet, x_in, t, cond_edit, counter)
                     grad, = torch.autograd.grad(sink.loss, x_in)  # Delta x_t = grad of L_xa (Eq. 5)
                 counter.backward += 1
-                curves["xa_loss_before_guidance"].append(float(sink.loss))
+                curves["xa_loss_before_guidance"].append(sink.loss.detach())
                 x = (x - xa_guidance * grad).detach()         # x_t <- x_t - lambda_xa Delta x_t
             sink.mode, sink.ref, sink.loss = "loss", ref, None
             eps = S.predict_noise(sd.unet, x, t, cond_edit, counter, uncond=uncond, cfg=cfg)
-            curves["xa_loss"].append(float(sink.loss))
+            curves["xa_loss"].append(sink.loss.detach())  # 0-d tensors: read once, after the loop
             sink.mode, sink.ref = "off", None
             x = S.ddim_step(scheduler, eps, t, x)               # UPDATE (Algorithm 1)
             if log is not None:
                 log.step("edit", i + 1, len(ts), xa_loss=curves["xa_loss"][-1])
-    return x, curves
+    return x, {k: to_host(v) for k, v in curves.items()}
 
 
 # -- the inversion cache ----------------------------------------------------------------------------
