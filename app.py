@@ -26,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--distilled", default=os.environ.get("DES_DISTILLED_DIR", "checkpoints/distilled"),
                    help="folder of distilled pix2pix-zero directions for the tab's fast mode "
                         "(default ./checkpoints/distilled)")
+    p.add_argument("--no-previews", action="store_true",
+                   help="no live TAESD previews while an edit runs (they need the taesd weights)")
     p.add_argument("--auth", default=os.environ.get("DES_AUTH"), metavar="USER:PASSWORD",
                    help="ask for this user name and password before showing the app")
     p.add_argument("--max-upload-mb", type=int, default=25, help="largest upload accepted, in MB (default 25)")
@@ -69,7 +71,7 @@ def main(argv=None) -> None:
     cache = make_cache(args)
     if zerogpu.prepare_environment():
         cache.sd()  # ZeroGPU: load at start-up, outside any GPU call
-    demo = build_demo(cache, outputs=outputs, distilled=Path(args.distilled).resolve())
+    demo = build_demo(cache, outputs=outputs, distilled=Path(args.distilled).resolve(), previews=not args.no_previews)
     demo.queue(default_concurrency_limit=1, max_size=64).launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=parse_auth(args.auth),
         **launch_kwargs(outputs=outputs, max_upload_mb=args.max_upload_mb))

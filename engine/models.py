@@ -88,6 +88,8 @@ COMPONENTS: dict[str, ComponentSpec] = {
                       "engine.core.metric_models:build_tiny_dino", None, "DINO ViT (evaluation: Structure Dist)"),
         ComponentSpec("pickscore", "yuvalkirstain/PickScore_v1", "engine.core.metric_models:load_pickscore",
                       "engine.tiny.clip:build_tiny_clip", None, "PickScore (evaluation)"),
+        ComponentSpec("taesd", "madebyollin/taesd", "engine.models:load_taesd", "engine.tiny.taesd:build_tiny_taesd",
+                      "engine.tiny.taesd:build_taesd_shape", "TAESD tiny autoencoder (live previews)", offload=False),
     )
 }
 
@@ -178,6 +180,13 @@ def load_controlnet(source: str, device: torch.device, dtype: torch.dtype):
     from diffusers import ControlNetModel
 
     return _freeze(ControlNetModel.from_pretrained(source, torch_dtype=dtype)).to(device)
+
+
+def load_taesd(source: str, device: torch.device, dtype: torch.dtype):
+    """TAESD (diffusers' AutoencoderTiny): decodes SD1.5 latents to a preview image (engine/core/previews.py)."""
+    from diffusers import AutoencoderTiny
+
+    return _freeze(AutoencoderTiny.from_pretrained(source, torch_dtype=dtype)).to(device)
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """Issue 15 (5) and (7), in headless Chromium at 1366x768 on the tiny profile: Stop answers every
 time, an error is one message in one place (no wall of red badges), progress is one bar over the
-whole run with the stage in words, and LayerDiffusion's loss plot draws lines on a numeric axis."""
+whole run with the stage in words, and LayerDiffusion's loss plot draws lines on a numeric axis.
+Issue 18: a running edit shows its live TAESD preview in a corner card, gone when the run ends."""
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from ui.components import NOTHING_TO_STOP, STOPPED
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 CAT = str(ROOT / "assets/examples/cat.png")
+LIVE_SHOWN = "(() => { const i = document.querySelector('#sdedit-live img'); return !!i && i.naturalWidth > 0; })()"
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,11 @@ def test_progress_is_one_bar_in_words_and_stop_answers_every_time(page, artifact
                 .filter(e => e.offsetParent !== null).map(e => e.textContent)""")
             assert sum("Denoising" in t for t in texts) <= 1, texts  # one place, not one per output box
             assert not any("=" in t for t in texts), texts  # no "denoise loss=0.3" labels
+            # The live TAESD preview of the running edit floats in the window's corner (issue 18).
+            page.wait_for_function(LIVE_SHOWN, timeout=60_000)
+            page.screenshot(path=str(artifacts / "feedback_live_preview.png"))
+            box = page.locator("#sdedit-live").bounding_box()
+            assert box["x"] + box["width"] <= 1366 and box["y"] + box["height"] <= 768  # on screen, in a corner
         page.wait_for_timeout(1000)  # the run is under way (not still waiting for the previous one to end)
         page.locator("#sdedit-stop").click()
         # The line comes to hold the answer alone (a loading timer beside it would stay visible).
@@ -71,6 +78,8 @@ def test_progress_is_one_bar_in_words_and_stop_answers_every_time(page, artifact
             return t === a || t === b; }""", arg=[STOPPED, NOTHING_TO_STOP], timeout=30_000)
         page.wait_for_timeout(2500)  # let the cancelled run end before the next one
         answers.append(page.locator("#sdedit-stop-status").inner_text())  # still there once it has ended
+        if attempt == 0:  # the stopped run's preview goes away
+            page.wait_for_function(f"!({LIVE_SHOWN})", timeout=30_000)
     # Stop answers every time, in its own line; a run under way is reported stopped.
     # Edit's next click must not wipe it (it did when Edit's clear ran after the stopped edit ended).
     assert all(a.strip() in (STOPPED, NOTHING_TO_STOP) for a in answers), answers

@@ -6,12 +6,13 @@ from pathlib import Path
 CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "studio.css"
 
 
-def build_demo(cache, outputs=None, distilled=None):
+def build_demo(cache, outputs=None, distilled=None, previews=True):
     """A gr.Blocks with one tab per method found in ui/tabs (only methods that exist are shown).
 
     `outputs`: folder where every result is saved with its settings (None: not saved).
     `distilled`: folder of distilled pix2pix-zero directions the pix2pix-zero tab's fast mode lists
-    (None: $DES_DISTILLED_DIR, else ./checkpoints/distilled)."""
+    (None: $DES_DISTILLED_DIR, else ./checkpoints/distilled).
+    `previews`: live TAESD previews while an edit runs (ui/live_preview.py)."""
     import gradio as gr
 
     from ui import components as C
@@ -20,7 +21,7 @@ def build_demo(cache, outputs=None, distilled=None):
 
     from engine.methods.pix2pix_zero_fast import distilled_folder
 
-    runner = Runner(cache, outputs=outputs)
+    runner = Runner(cache, outputs=outputs, previews=previews)
     runner.distilled = distilled_folder(distilled)
     with gr.Blocks(title="Diffusion Edit Studio") as demo:
         gr.Markdown("## Diffusion Edit Studio · research image-editing methods on Stable Diffusion 1.5, side by side",

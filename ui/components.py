@@ -159,9 +159,10 @@ STOPPED = "Stopped. The models are unchanged; run again when ready."
 NOTHING_TO_STOP = "Nothing was running (an edit still waiting in the queue is dropped)."
 
 
-def run_buttons(prefix: str, label: str = "Edit") -> tuple[gr.Button, gr.Button]:
+def run_buttons(prefix: str, label: str = "Edit", runner=None) -> tuple[gr.Button, gr.Button]:
     """The Edit button and its Stop button, side by side, and under them the line where Stop
-    answers (`stop.status`, wired by wire_stop)."""
+    answers (`stop.status`, wired by wire_stop) and, given the runner, the live preview of a
+    running edit (`stop.live`, ui/live_preview.py)."""
     with gr.Row():
         run = gr.Button(label, variant="primary", elem_id=f"{prefix}-run", scale=3)
         stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop", scale=1)
@@ -170,6 +171,10 @@ def run_buttons(prefix: str, label: str = "Edit") -> tuple[gr.Button, gr.Button]
     # edit event on purpose: the page runs a click's listeners in order and reaches a later one
     # only when the edit has ended, which would wipe the answer of the Stop that ended it.
     run.click(None, None, stop.status, js="() => ''", api_name=False, queue=False, show_progress="hidden")
+    if runner is not None:  # armed by Edit's click before the edit event starts, for the same reason
+        from ui.live_preview import live_preview
+
+        stop.live = live_preview(runner, prefix, run)
     stop.run_button = run
     return run, stop
 

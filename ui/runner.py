@@ -30,7 +30,9 @@ OOM_HINT = ("The GPU ran out of memory. Try a smaller resolution or fewer result
 class Runner:
     """Runs engine methods for the UI; one per app, shared by every tab and session."""
 
-    def __init__(self, cache, outputs: Optional[Path] = None):
+    def __init__(self, cache, outputs: Optional[Path] = None, previews: bool = True):
+        from ui.live_preview import LivePreviews
+
         self.cache = cache
         self.outputs = outputs  # None: results are not saved to the history folder
         self._lock = threading.Lock()
@@ -42,6 +44,7 @@ class Runner:
         self.timings = Timings()  # learned seconds per unit of work: estimates before a run
         self.restore_targets: list = []  # filled by the tabs (components.restorable), read by History
         self.tabs = None  # the gr.Tabs, so History can switch to a restored tab
+        self.previews = LivePreviews(cache, enabled=previews)  # TAESD previews while a method runs
 
     @property
     def is_fake(self) -> bool:
@@ -66,13 +69,15 @@ class Runner:
         return event is not None
 
     def call(self, fn, *args, request: Optional[gr.Request] = None, progress: Any = None,
-             tracker: Optional[RunProgress] = None, **kwargs):
+             tracker: Optional[RunProgress] = None, previews: bool = False, **kwargs):
         """Run `fn(*args, on_step=..., **kwargs)` with progress, cancellation and clear errors.
-        `tracker` turns the method's per-stage steps into one bar over the whole run (ui/progress.py)."""
+        `tracker` turns the method's per-stage steps into one bar over the whole run (ui/progress.py);
+        `previews` hands the method a TAESD previewer and keeps its previews for the page's live view."""
         key = self._key(request)
         event = threading.Event()
         with self._lock:
             self._cancel[key] = event
+        slot = self.previews.start(key) if previews else None
 
         def on_step(info: StepInfo) -> None:
             if event.is_set():
@@ -83,7 +88,11 @@ class Runner:
                     progress(fraction, desc=desc)
                 else:
                     progress((info.i, info.n), desc=words(info.stage))
+            if slot is not None and info.preview is not None:
+                slot.image, slot.seq = info.preview, slot.seq + 1
 
+        if slot is not None:
+            on_step.previewer = self.previews.previewer()  # read by engine.methods.common.RunLog
         try:
             with self._gpu:
                 return self._execute(fn, args, dict(kwargs, on_step=on_step))
@@ -103,6 +112,8 @@ class Runner:
             log.exception("edit failed")
             raise gr.Error(f"The edit failed: {type(exc).__name__}: {exc}", title="Error") from None
         finally:
+            if slot is not None:
+                self.previews.finish(slot)
             with self._lock:
                 if self._cancel.get(key) is event:
                     del self._cancel[key]
@@ -114,7 +125,7 @@ class Runner:
             gr.Info(f"This edit will take about {duration(expected)} (estimated from the last "
                     f"{getattr(method, 'TITLE', method.NAME)} run); Stop ends it at any step.")
         result = self.call(method.run, inputs, self.cache, request=request, progress=progress,
-                           tracker=RunProgress(method.NAME, inputs, expected=expected))
+                           tracker=RunProgress(method.NAME, inputs, expected=expected), previews=True)
         self.timings.record(method.NAME, inputs, result.seconds.get("total", 0.0))
         quick = _quick_settings_used(method, inputs, self.cache.profile)
         if quick:

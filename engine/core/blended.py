@@ -19,12 +19,13 @@ LatentsHook = Callable[[int, torch.Tensor, torch.Tensor], None]
 def masked_sdedit(unet, scheduler, x0: torch.Tensor, noise: torch.Tensor, ts: torch.Tensor,
                   cond: torch.Tensor, uncond: Optional[torch.Tensor], cfg: float, counter: S.UNetCounter,
                   mask: Optional[torch.Tensor] = None, control: Optional[S.Control] = None,
-                  on_step: Optional[Callable[[int, int], None]] = None,
+                  on_step: Optional[Callable[[int, int, torch.Tensor], None]] = None,
                   on_latents: Optional[LatentsHook] = None) -> torch.Tensor:
     """Denoise `noise.shape[0]` samples of x0 over the timesteps `ts` (see module docstring).
 
     x0: (1, 4, h, w) input latents; noise: (B, 4, h, w); mask: (1, 1, h, w) in [0, 1], 1 = edit.
-    `on_latents(i, latents, background)` sees the latents after each step (tests use it).
+    `on_latents(i, latents, background)` sees the latents after each step (tests use it);
+    `on_step(i, n, latents)` reports progress with them (the live preview).
     """
     b = noise.shape[0]
     x0b = x0.expand(b, -1, -1, -1)
@@ -40,5 +41,5 @@ def masked_sdedit(unet, scheduler, x0: torch.Tensor, noise: torch.Tensor, ts: to
         if on_latents is not None:
             on_latents(i, x, background)
         if on_step is not None:
-            on_step(i + 1, len(ts))
+            on_step(i + 1, len(ts), x)
     return x

@@ -125,7 +125,7 @@ def ito_decode(unet, scheduler, start: torch.Tensor, ts: torch.Tensor, cond: tor
                uncond: Optional[torch.Tensor], cfg: float, control: Optional[Control], counter: UNetCounter,
                targets: Sequence[torch.Tensor], keep: torch.Tensor, lam: float, t_u: int, k: int, lr: float,
                guides: Optional[Sequence[torch.Tensor]] = None,
-               on_step: Optional[Callable[[int, int, dict], None]] = None) -> torch.Tensor:
+               on_step: Optional[Callable[[int, int, dict, torch.Tensor], None]] = None) -> torch.Tensor:
     """DDIM decoding from `start` at ts[0] with the ITO update before each of the first t_u steps.
 
     targets[i] / guides[i] are x_t / g_t at timestep ts[i]. Returns y_0.
@@ -140,5 +140,5 @@ def ito_decode(unet, scheduler, start: torch.Tensor, ts: torch.Tensor, cond: tor
             eps = predict_noise(unet, y, t, cond, counter, uncond=uncond, cfg=cfg, control=control)
             y = ddim_step(scheduler, eps.float(), t, y)  # Eq. 1
         if on_step:
-            on_step(i + 1, n, losses)
+            on_step(i + 1, n, losses, y)
     return y

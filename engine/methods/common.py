@@ -69,6 +69,8 @@ class RunLog:
 
     def __init__(self, on_step: Optional[StepCallback] = None):
         self.on_step = on_step
+        # A caller that wants live previews hangs an engine.core.previews.Previewer on its callback.
+        self.previewer = getattr(on_step, "previewer", None)
         self.counter = UNetCounter()
         self.seconds: dict[str, float] = {}
         self._curves: dict[str, list] = {}
@@ -97,11 +99,13 @@ class RunLog:
                 torch.cuda.synchronize()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
-    def step(self, stage: str, i: int, n: int, **losses) -> None:
+    def step(self, stage: str, i: int, n: int, latents: Optional[torch.Tensor] = None, **losses) -> None:
+        """One step of `stage`; `latents` (the sample after this step) feed the live preview, if any."""
         for key, value in losses.items():
             self.record(key, value)
         if self.on_step:
-            self.on_step(StepInfo(stage, i, n, losses=dict(losses) or None))
+            preview = self.previewer(latents) if self.previewer is not None and latents is not None else None
+            self.on_step(StepInfo(stage, i, n, preview=preview, losses=dict(losses) or None))
 
     def finish(self) -> dict[str, float]:
         self.seconds["total"] = time.perf_counter() - self._start

@@ -78,7 +78,8 @@ class IEditInputs:
 # -- the latent-level algorithm ------------------------------------------------------------------
 def masked_sdedit(unet, scheduler, x0: torch.Tensor, noise: torch.Tensor, cond: torch.Tensor,
                   uncond: torch.Tensor, mask: torch.Tensor, steps: int, strength: float, cfg: float,
-                  counter: S.UNetCounter, on_step: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+                  counter: S.UNetCounter,
+                  on_step: Optional[Callable[[int, int, torch.Tensor], None]] = None) -> torch.Tensor:
     """iEdit's masked SDEdit on latents.
 
     x0: the input's latents (1, C, h, w); noise: (B, C, h, w), one draw per result;
@@ -182,7 +183,7 @@ def run(inputs: IEditInputs, models, on_step: Optional[StepCallback] = None) -> 
         # -- 4. masked SDEdit (Eq. 13) -------------------------------------------------------------
         with log.stage("denoise"):
             x = masked_sdedit(unet, scheduler, x0, noise, cond, uncond, m, steps, strength, cfg,
-                              log.counter, on_step=lambda i, k: log.step("denoise", i, k))
+                              log.counter, on_step=lambda i, k, x: log.step("denoise", i, k, latents=x))
         # -- 5. decode (Eq. 6) -------------------------------------------------------------------
         with log.stage("decode"):
             images = S.decode_latents(sd, x)

@@ -133,7 +133,7 @@ def denoise(unet, scheduler, ts, x, cond, uncond, cfg: float, control: S.Control
             last = i == len(ts) - 1
             background = z0 if last else S.add_noise(scheduler, z0, noise, S.previous_timestep(scheduler, t))
             x = S.blend(x, background, m)
-        log.step("denoise", i + 1, len(ts))
+        log.step("denoise", i + 1, len(ts), latents=x)
     return x
 
 

@@ -287,7 +287,8 @@ def run(inputs: ITOInputs, models, on_step: Optional[StepCallback] = None) -> Ed
         keep = 1.0 - mask
 
         def step_logger(stage):
-            return lambda i, n, losses: log.step(stage, i, n, **{f"{stage} {key}": v for key, v in losses.items()})
+            return lambda i, n, losses, y: log.step(stage, i, n, latents=y,
+                                                    **{f"{stage} {key}": v for key, v in losses.items()})
 
         # -- 4. guidance image: SDEdit encoding + ITO with lambda = 1 (Fig. 1a) ------------------------
         guides, guidance_image = None, None

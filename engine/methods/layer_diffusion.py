@@ -314,7 +314,7 @@ def run(inputs: LayerDiffusionInputs, models, on_step: Optional[StepCallback] = 
                     x = S.ddim_step(scheduler, eps.to(x.dtype), t, x)
                     schedule.append("e_a" if use_a else "e_opt")
                     log.record("guidance_uses_e_a", 1.0 if use_a else 0.0)
-                    log.step(STAGE_SAMPLE, i + 1, len(ts))
+                    log.step(STAGE_SAMPLE, i + 1, len(ts), latents=x)
     finally:
         train_params = None
         if full and tuned is not None:

@@ -187,7 +187,7 @@ def edit(sd, scheduler, x_inv, cond_edit, uncond, maps, steps, cfg, xa_guidance,
             sink.mode, sink.ref = "off", None
             x = S.ddim_step(scheduler, eps, t, x)               # UPDATE (Algorithm 1)
             if log is not None:
-                log.step("edit", i + 1, len(ts), xa_loss=curves["xa_loss"][-1])
+                log.step("edit", i + 1, len(ts), latents=x, xa_loss=curves["xa_loss"][-1])
     return x, {k: to_host(v) for k, v in curves.items()}
 
 

@@ -86,7 +86,7 @@ def run(inputs: SDEditInputs, models, on_step: Optional[StepCallback] = None) ->
         # -- 3. SDEdit: start at x_t ~ q(x_t | x_0), DDIM with CFG, blend outside the mask --------
         with log.stage("denoise"):
             x = masked_sdedit(sd.unet, scheduler, x0, noise, ts, cond, uncond, cfg, log.counter, mask=m,
-                              on_step=lambda i, k: log.step("denoise", i, k))
+                              on_step=lambda i, k, x: log.step("denoise", i, k, latents=x))
         with log.stage("decode"):
             images = S.decode_latents(sd, x)
 

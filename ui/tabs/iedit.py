@@ -56,7 +56,7 @@ def build(runner) -> None:
                 C.quick_defaults_note(runner, iedit)
             seed = C.seed_row()
         with gr.Column():
-            button, stop = C.run_buttons("iedit")
+            button, stop = C.run_buttons("iedit", runner=runner)
             panel = C.result_panel("Results (click one to compare it with the photo)")
             shown = gr.Slider(1, 4, value=1, step=1, label="Result in the before/after slider", elem_id="iedit-shown")
     last = gr.State(None)  # (photo, results) of this session's last run, for picking one to compare

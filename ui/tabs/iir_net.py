@@ -83,7 +83,7 @@ def build(runner) -> None:
                 C.quick_defaults_note(runner, iir_net)
             seed = C.seed_row()
         with gr.Column():
-            button, stop = C.run_buttons("iir-net")
+            button, stop = C.run_buttons("iir-net", runner=runner)
             panel = C.result_panel("Edit")
 
     # Typing the prompt fills the RoI text; a restored or example prompt leaves the RoI text it came with.

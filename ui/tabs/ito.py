@@ -81,7 +81,7 @@ def build(runner) -> None:
             reread = gr.Button("Reset scribble, pose and caption from the photo", size="sm",
                                elem_id="ito-reread")
         with gr.Column():
-            button, stop = C.run_buttons("ito")
+            button, stop = C.run_buttons("ito", runner=runner)
             # The mask, the guidance image and the edit stay outputs of the API (clients read them by
             # position) but are not shown twice: the panel's before/after and intermediates show them.
             with gr.Row(equal_height=True, visible=False):

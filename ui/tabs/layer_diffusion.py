@@ -84,7 +84,7 @@ def build(runner) -> None:
                 C.quick_defaults_note(runner, LD)
             seed = C.seed_row()
         with gr.Column():
-            button, stop = C.run_buttons("ld")
+            button, stop = C.run_buttons("ld", runner=runner)
             panel = C.result_panel()
             losses = gr.LinePlot(loss_table({}), x="step", y="loss", color="curve", label="Losses",
                                  title="Optimisation losses per step", height=260, elem_id="ld-losses")

@@ -116,7 +116,7 @@ def build(runner) -> None:
                     C.quick_defaults_note(runner, pix2pix_zero)
                 seed = C.seed_row()
         with gr.Column():
-            button, stop = C.run_buttons("p2pz")
+            button, stop = C.run_buttons("p2pz", runner=runner)
             fast_button = gr.Button("Apply distilled edit", variant="primary", visible=False,
                                     elem_id="p2pz-fast-run")
             fast_time = gr.Markdown("", elem_id="p2pz-fast-time")

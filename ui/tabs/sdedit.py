@@ -32,7 +32,7 @@ def build(runner) -> None:
                 C.quick_defaults_note(runner, sdedit)
             seed = C.seed_row()
         with gr.Column():
-            button, stop = C.run_buttons("sdedit")
+            button, stop = C.run_buttons("sdedit", runner=runner)
             panel = C.result_panel()
 
     def edit(editor, grow, feather, invert, whole_image, prompt, strength, steps, cfg, num_results, negative,

@@ -1,0 +1,37 @@
+"""Live previews' breakages (issue 18): TAESD decodes a running edit's latents, rate-limited, and the
+page shows the newest one until the run ends (tests/test_previews.py, tests/test_ui_live_preview.py)."""
+from tests.mutants import Mutant
+
+TESTS = ("tests/test_previews.py", "tests/test_ui_live_preview.py")
+E = "tests/test_previews.py::"
+U = "tests/test_ui_live_preview.py::"
+
+MUTANTS = [
+    Mutant("previews.runlog-drops-them", "engine/methods/common.py",
+           "preview = self.previewer(latents) if self.previewer is not None and latents is not None else None",
+           "preview = None", "the previewer on the callback is never used",
+           (E + "test_a_run_with_a_previewer_gets_taesd_previews_and_the_same_result",)),
+    Mutant("previews.sdedit-latents-not-passed", "engine/methods/sdedit.py",
+           'on_step=lambda i, k, x: log.step("denoise", i, k, latents=x))',
+           'on_step=lambda i, k, x: log.step("denoise", i, k))', "SDEdit's denoising loop gives no latents",
+           (E + "test_a_run_with_a_previewer_gets_taesd_previews_and_the_same_result[sdedit]",)),
+    Mutant("previews.not-rate-limited", "engine/core/previews.py",
+           "        if not self.due():\n            return None\n", "",
+           "a preview (and its host wait) at every step whatever the interval",
+           (E + "test_previewer_decodes_with_taesd_at_most_once_per_interval",)),
+    Mutant("previews.full-vae", "engine/core/previews.py",
+           "image = tensor_to_pil(self.taesd.decode(latents[:1].detach().to(param.device, param.dtype)).sample)[0]",
+           "image = tensor_to_pil(__import__('engine.models', fromlist=['x']).ModelCache('tiny', device='cpu')"
+           ".get('sd').vae.decode(latents[:1].detach().float() / 0.18215).sample)[0]",
+           "previews decoded by the full VAE (the cost TAESD exists to avoid)",
+           (E + "test_a_run_with_a_previewer_gets_taesd_previews_and_the_same_result[sdedit]",)),
+    Mutant("previews.tick-never-stops", "ui/live_preview.py",
+           'return gr.update(value=None, visible=False), gr.update(active=False)',
+           'return gr.update(value=None, visible=False), gr.update(active=True)',
+           "the page keeps asking for previews after the run",
+           (U + "test_edit_arms_ticks_show_previews_and_the_end_hides_them",)),
+    Mutant("previews.slot-never-started", "ui/runner.py",
+           "        slot = self.previews.start(key) if previews else None\n",
+           "        slot = None\n", "method runs keep no previews for the page",
+           (U + "test_edit_arms_ticks_show_previews_and_the_end_hides_them",)),
+]
