@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from engine.models import COMPONENTS, PROFILES, ModelCache
+from engine.models import COMPILE_BACKENDS, COMPONENTS, PROFILES, ModelCache
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--distilled", default=os.environ.get("DES_DISTILLED_DIR", "checkpoints/distilled"),
                    help="folder of distilled pix2pix-zero directions for the tab's fast mode "
                         "(default ./checkpoints/distilled)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   choices=COMPILE_BACKENDS, help="torch.compile the UNet, VAE decoder and ControlNets (BACKEND default inductor); the first edit at each size compiles")
     p.add_argument("--no-previews", action="store_true",
                    help="no live TAESD previews while an edit runs (they need the taesd weights)")
     p.add_argument("--auth", default=os.environ.get("DES_AUTH"), metavar="USER:PASSWORD",
@@ -45,7 +47,8 @@ def make_cache(args) -> ModelCache:
         overrides[name] = source
     try:
         return ModelCache(args.profile, device=args.device, memory=args.memory, overrides=overrides,
-                          channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
+                          channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
+                          compile_backend=args.compile)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}")
 

@@ -45,7 +45,9 @@ def main(argv=None) -> int:
         rest += ["--out", tempfile.mkdtemp(prefix="bench-")]
     args = build_parser().parse_args(rest)
     module = methods.get(args.method)
-    models = ModelCache(args.profile, device=args.device, memory=args.memory, overrides=dict(args.model))
+    models = ModelCache(args.profile, device=args.device, memory=args.memory, overrides=dict(args.model),
+                        channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
+                        compile_backend=args.compile)
     image = open_image(args.image)
     inputs = module.inputs_from_args(args, image, _open_file)
 

@@ -70,7 +70,7 @@ def measure(case: str, models, resolution: int, repeat: int, dry: bool) -> dict:
     module = methods.get(method)
     inputs = module.inputs_from_args(args, open_image(args.image), _open_file)
     cuda = models.device.type == "cuda"
-    module.run(inputs, models)  # warm-up: lazy loading, kernels, caches
+    warm = module.run(inputs, models)  # warm-up: lazy loading, kernels, caches (and compiling, with --compile)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(models.device)
@@ -80,8 +80,9 @@ def measure(case: str, models, resolution: int, repeat: int, dry: bool) -> dict:
     return {"case": case, "seconds": statistics.median(r.seconds["total"] for r in runs), "target": target,
             "stages": {k: round(statistics.median(r.seconds.get(k, 0.0) for r in runs), 3)
                        for k in runs[0].seconds if k != "total"},
-            "evals": runs[0].unet_evals, "resident": resident, "peak": peak,
-            "command": "python -m bench.latency " + " ".join(a for a in argv if not a.startswith("/tmp"))}
+            "evals": runs[0].unet_evals, "resident": resident, "peak": peak, "warmup": warm.seconds["total"],
+            "command": "python -m bench.latency " + " ".join(a for a in argv if not a.startswith("/tmp"))
+            + (f" --compile {models.compile_backend}" if models.compile_backend else "")}
 
 
 def main(argv=None) -> int:
@@ -97,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--case", action="append", default=[], choices=list(CASES), help="only these cases")
     ap.add_argument("--dry-run", action="store_true", help="tiny profile, CPU, small settings: checks the suite runs")
     ap.add_argument("--no-compare", action="store_true", help="skip pix2pix-zero against diffusers")
+    ap.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                    help="torch.compile the UNet, VAE decoder and ControlNets (the warm-up run compiles)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
     dry = args.dry_run
@@ -106,14 +109,15 @@ def main(argv=None) -> int:
     repeat = args.repeat or (1 if dry else 3)
     record = not (args.no_record or dry)
     start = time.perf_counter()
-    models = ModelCache(profile, device=device)
+    models = ModelCache(profile, device=device, compile_backend=args.compile)
     cuda = models.device.type == "cuda"
     rows = []
     for case in args.case or list(CASES):
         r = measure(case, models, resolution, repeat, dry)
         rows.append(r)
         print(f"{case:16s} {r['seconds']:8.3f} s (target {r['target']} s)  UNet {r['evals']['forward']}/"
-              f"{r['evals']['backward']}  peak {r['peak']} GB  stages {r['stages']}", flush=True)
+              f"{r['evals']['backward']}  peak {r['peak']} GB  stages {r['stages']}  warm-up {r['warmup']:.1f} s"
+              + (" (includes compiling)" if args.compile else ""), flush=True)
     # The whole app: every model a tab uses, loaded together (what `python app.py` holds after use).
     for name in APP_COMPONENTS:
         models.get(name)

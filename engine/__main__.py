@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from engine import methods
-from engine.models import COMPONENTS, PROFILES
+from engine.models import COMPILE_BACKENDS, COMPONENTS, PROFILES
 
 
 def _model_override(text: str) -> tuple[str, str]:
@@ -32,6 +32,8 @@ def add_common(parser: argparse.ArgumentParser, needs_image: bool = True) -> Non
     parser.add_argument("--memory", choices=("gpu", "offload"), default="gpu")
     parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                         help="convolutions in channels-last memory order (auto: on a GPU only)")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        choices=COMPILE_BACKENDS, help="torch.compile the UNet, VAE decoder and ControlNets (BACKEND default inductor); the first edit at each size compiles")
     parser.add_argument("--model", action="append", type=_model_override, default=[], metavar="NAME=SRC",
                         help="override a model's hub id or local folder (repeatable)")
 
@@ -62,7 +64,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         models = ModelCache(args.profile, device=args.device, memory=args.memory, overrides=dict(args.model),
-                            channels_last={"auto": None, "on": True, "off": False}[args.channels_last])
+                            channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
+                            compile_backend=args.compile)
         if args.method == "segment":
             from engine import segment_cli
 
@@ -75,6 +78,9 @@ def main(argv=None) -> int:
         image = open_image(args.image)  # the method's run() normalises it (one resize, not two)
         inputs = module.inputs_from_args(args, image, _open_file)
         result = module.run(inputs, models, on_step=_print_progress)
+        note = models.compile_note()
+        if note:
+            result.notes.append(note)
         extra = module.report_extra(result) if hasattr(module, "report_extra") else {"models": models.describe()}
         write_result(result, Path(args.out), args.method, args.profile, extra)
     except (ValueError, ModelUnavailable) as exc:  # bad input, or weights not on this machine

@@ -27,6 +27,7 @@ import torch
 
 PROFILES = ("sd15", "tiny", "sd15-shape")
 MEMORY_MODES = ("gpu", "offload")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # --compile's; inductor is the one that speeds up
 SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
@@ -161,6 +162,24 @@ def to_channels_last(model) -> None:
             part.to(memory_format=torch.channels_last)
 
 
+def compile_parts(model, backend: str) -> None:
+    """torch.compile, in place, of the parts that run at every step (the UNet, the ControlNets) and
+    the VAE decoder, for static shapes: each new image size or batch compiles once, on first use.
+    The module objects stay the same (hooks, attention processors and adapters keep working; a
+    change to them recompiles), and a deep copy (LayerDiffusion's full fine-tune, a LoRA checkpoint's
+    UNet, the fp32 VAE) runs its own weights (tests/test_fast_path.py checks it)."""
+    from diffusers import ControlNetModel
+
+    if isinstance(model, SDModels):
+        parts = [model.unet, model.vae.decoder]
+    elif isinstance(model, ControlNetModel):
+        parts = [model]
+    else:  # captioner, segmenters, CLIP...: called once per edit, not worth compiling
+        return
+    for part in parts:
+        part.compile(backend=backend, dynamic=False)
+
+
 def load_sd(source: str, device: torch.device, dtype: torch.dtype) -> SDModels:
     """Load SD1.5's parts from a hub id or a local folder laid out like the hub repository."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -228,7 +247,7 @@ class ModelCache:
 
     def __init__(self, profile: str = "sd15", device: Optional[str] = None, memory: str = "gpu",
                  overrides: Optional[dict[str, str]] = None, cache_dir: Optional[Path] = None,
-                 channels_last: Optional[bool] = None):
+                 channels_last: Optional[bool] = None, compile_backend: Optional[str] = None):
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
         if memory not in MEMORY_MODES:
@@ -240,6 +259,8 @@ class ModelCache:
         self.profile = profile
         self.memory = memory
         self._channels_last = channels_last
+        self.compile_backend = compile_backend or None  # "inductor" with --compile (tests use "aot_eager")
+        self._compile_noted = False
         self._device_name = device
         self.overrides = dict(overrides or {})
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -261,6 +282,14 @@ class ModelCache:
         """Convolutions in channels-last memory order (NHWC): on by default on a GPU, where fp16
         convolutions run on tensor cores in that order; off on the CPU unless asked for."""
         return self.device.type == "cuda" if self._channels_last is None else bool(self._channels_last)
+
+    def compile_note(self) -> Optional[str]:
+        """Once per cache with --compile: what the first edit's time includes."""
+        if not self.compile_backend or self._compile_noted:
+            return None
+        self._compile_noted = True
+        return (f"--compile ({self.compile_backend}): the UNet, VAE decoder and ControlNets are compiled on first "
+                "use at each image size and batch, so this first edit's time includes compiling; later ones reuse it")
 
     @property
     def is_fake(self) -> bool:
@@ -319,6 +348,8 @@ class ModelCache:
                     raise ModelUnavailable(self._unavailable_message(name, source, exc)) from None
                 if self.channels_last:
                     to_channels_last(model)
+                if self.compile_backend:
+                    compile_parts(model, self.compile_backend)
                 if offload:
                     self.offloader().attach(name, model)
                 self._models[name] = model

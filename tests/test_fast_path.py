@@ -114,3 +114,48 @@ def test_an_fp16_vae_decode_that_overflows_is_redone_in_fp32_only_then(tiny_mode
     exact = np.asarray(S.decode_latents(sd32, wild)[0], dtype=np.int16)
     assert np.abs(fixed - exact).max() <= 2  # the fp32 copy holds the fp16 weights: rounding only
     assert vae16 in S._FP32_VAES and next(vae16.parameters()).dtype == torch.float16
+
+
+def test_compile_gives_the_same_edit_and_copies_run_their_own_weights(model_dir, tiny_models, photo, tmp_path):
+    """--compile: the UNet, VAE decoder and ControlNets are compiled in place (here with the
+    aot_eager backend, which traces the same graphs as inductor in seconds instead of minutes on
+    a CPU); the edit is the same within 2/255, gradients flow (pix2pix-zero's Eq. 5), the first
+    edit says it includes compiling, and a deep copy (LayerDiffusion's full fine-tune, a LoRA
+    checkpoint, the fp32 VAE) runs its own weights, not the compiled original's."""
+    fast = ModelCache("tiny", device="cpu", cache_dir=model_dir, compile_backend="aot_eager")
+    sd = fast.get("sd")
+    assert sd.unet._compiled_call_impl is not None and sd.vae.decoder._compiled_call_impl is not None
+    assert fast.get("controlnet_canny")._compiled_call_impl is not None
+    assert getattr(tiny_models.get("sd").unet, "_compiled_call_impl", None) is None
+    for name in ("sdedit", "pix2pix-zero", "iir-net"):
+        module, inputs = _inputs(name, photo)
+        a = np.asarray(module.run(inputs, tiny_models).images[0], dtype=np.int16)
+        b = np.asarray(module.run(inputs, fast).images[0], dtype=np.int16)
+        assert np.abs(a - b).max() <= 2, (name, np.abs(a - b).max())
+    assert "compiled on first use" in fast.compile_note() and fast.compile_note() is None  # said once
+
+    import copy
+
+    clone = copy.deepcopy(sd.unet)  # what LayerDiffusion's full fine-tune trains
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor(500)
+    c = torch.randn(2, 77, sd.unet.config.cross_attention_dim)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.mul_(0.5)
+        assert not torch.allclose(clone(x, t, encoder_hidden_states=c).sample,
+                                  sd.unet(x, t, encoder_hidden_states=c).sample)  # the copy runs its own weights
+
+
+def test_the_cli_takes_compile(tmp_path, capsys):
+    import json
+
+    from engine.__main__ import main
+
+    args = ["sdedit", "--image", str(ROOT / "assets" / "examples" / "cat.png"), "--prompt", "a tiger",
+            "--profile", "tiny", "--device", "cpu", "--resolution", "64", "--steps", "2"]
+    assert main(args + ["--out", str(tmp_path / "c"), "--compile", "aot_eager"]) == 0, capsys.readouterr().err
+    notes = json.loads((tmp_path / "c" / "report.json").read_text()).get("notes", [])
+    assert any("--compile (aot_eager)" in n for n in notes), notes
+    with pytest.raises(SystemExit) as bad:
+        main(args + ["--out", str(tmp_path / "bad"), "--compile", "fastest"])
+    assert bad.value.code == 2 and "--compile" in capsys.readouterr().err

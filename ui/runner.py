@@ -127,6 +127,9 @@ class Runner:
         result = self.call(method.run, inputs, self.cache, request=request, progress=progress,
                            tracker=RunProgress(method.NAME, inputs, expected=expected), previews=True)
         self.timings.record(method.NAME, inputs, result.seconds.get("total", 0.0))
+        compiled = getattr(self.cache, "compile_note", lambda: None)()
+        if compiled:
+            result.notes.append(compiled)
         quick = _quick_settings_used(method, inputs, self.cache.profile)
         if quick:
             result.notes.append(f"{self.cache.profile} profile's quick defaults: {quick}")

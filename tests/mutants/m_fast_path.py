@@ -53,4 +53,8 @@ MUTANTS = [
            "    if False:",
            "an fp16 VAE decode that overflowed returns its NaNs (a black image)",
            (FP + "test_an_fp16_vae_decode_that_overflows_is_redone_in_fp32_only_then",)),
+    Mutant("fast_path.compile-ignored", "engine/models.py",
+           "                if self.compile_backend:\n                    compile_parts(model, self.compile_backend)\n", "",
+           "--compile asked for and nothing compiled",
+           (FP + "test_compile_gives_the_same_edit_and_copies_run_their_own_weights",)),
 ]
