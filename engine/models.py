@@ -252,6 +252,8 @@ class ModelCache:
             raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
         if memory not in MEMORY_MODES:
             raise ValueError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
+        if compile_backend and compile_backend not in COMPILE_BACKENDS:
+            raise ValueError(f"unknown compile backend {compile_backend!r}; choose one of {', '.join(COMPILE_BACKENDS)}")
         unknown = set(overrides or {}) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown model component(s) {', '.join(sorted(unknown))}; "

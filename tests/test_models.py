@@ -52,6 +52,7 @@ def test_sources_and_overrides(monkeypatch):
     ({"profile": "sd21"}, "unknown profile"),
     ({"memory": "disk"}, "unknown memory mode"),
     ({"overrides": {"unet2": "x"}}, "unknown model component"),
+    ({"compile_backend": "fastest"}, "unknown compile backend"),
 ])
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -6,7 +6,6 @@ functions (the browser check is in tests/test_browser_feedback.py)."""
 import types
 
 import gradio as gr
-import pytest
 from PIL import Image
 
 from ui import live_preview as LP
@@ -77,6 +76,13 @@ def test_no_previews_flag_and_missing_weights_turn_previews_off(tiny_models, mon
             raise ModelUnavailable("TAESD is not on this machine")
 
     previews = LP.LivePreviews(NoTaesd())
+    assert previews.previewer() is None and previews.enabled is False
+
+    class BrokenTaesd:
+        def get(self, name):
+            raise RuntimeError("Error(s) in loading state_dict for AutoencoderTiny")
+
+    previews = LP.LivePreviews(BrokenTaesd())
     assert previews.previewer() is None and previews.enabled is False
 
 

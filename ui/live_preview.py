@@ -56,12 +56,12 @@ class LivePreviews:
         if not self.enabled or zerogpu.active():
             return None
         from engine.core.previews import Previewer
-        from engine.models import ModelUnavailable
 
         try:
             taesd = self.cache.get("taesd")
-        except (ModelUnavailable, OSError, ValueError) as exc:
-            log.warning("live previews are off: TAESD could not be loaded (%s)", str(exc).splitlines()[0])
+        except Exception as exc:  # missing or broken weights: the edit runs, without previews
+            log.warning("live previews are off: TAESD could not be loaded (%s: %s)", type(exc).__name__,
+                        (str(exc).splitlines() or [""])[0])
             self.enabled = False
             return None
         return Previewer(taesd, every_s=self.every_s)

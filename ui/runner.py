@@ -91,9 +91,9 @@ class Runner:
             if slot is not None and info.preview is not None:
                 slot.image, slot.seq = info.preview, slot.seq + 1
 
-        if slot is not None:
-            on_step.previewer = self.previews.previewer()  # read by engine.methods.common.RunLog
         try:
+            if slot is not None:
+                on_step.previewer = self.previews.previewer()  # read by engine.methods.common.RunLog
             with self._gpu:
                 return self._execute(fn, args, dict(kwargs, on_step=on_step))
         except ValueError as exc:  # a user mistake, not a server fault: no traceback in the log
