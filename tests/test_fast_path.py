@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from bench.tiny_defaults import TEXTS
 from engine import methods
 from engine.core.attention import CrossAttentionProbe
 from engine.models import ModelCache
 from engine.profile_defaults import defaults, inputs_class
-from tests.test_no_host_sync import TEXTS
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 

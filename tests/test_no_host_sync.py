@@ -20,6 +20,7 @@ import traceback
 import pytest
 import torch
 
+from bench.tiny_defaults import TEXTS  # what a person types before pressing Edit
 from engine import methods
 from engine.profile_defaults import defaults, inputs_class
 
@@ -28,14 +29,6 @@ CONVERSIONS = ("item", "__float__", "__int__", "__bool__", "__index__", "tolist"
 # pix2pix-zero: regulariser iterations per inversion step).
 LOOPS = ("steps", "embed_steps", "tune_steps", "t_u", "k", "mask_seeds", "reg_iters")
 HOST_ONLY = ("torch/optim/", "engine/core/autocorr.py:draw_offsets")
-TEXTS = {  # what a person types (bench/tiny_defaults.py)
-    "sdedit": dict(prompt="a photo of a tiger"),
-    "pix2pix-zero": dict(source="cat", target="dog"),
-    "ito": dict(prompt="a photo of a dog"),
-    "iir-net": dict(prompt="a white cat"),
-    "iedit": dict(prompt="a photo of a dog", mask_text="cat"),
-    "layer-diffusion": dict(text="a cat sitting on a beach", keep_background=True),
-}
 
 
 def _site(stack) -> str:

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.tiny_defaults import TEXTS
 from engine import methods
 from engine.core.previews import Previewer
 from engine.profile_defaults import defaults, inputs_class
-from tests.test_no_host_sync import TEXTS
 
 
 def test_taesd_loads_through_the_cache_from_its_saved_folder(tiny_models, model_dir):
@@ -36,7 +36,13 @@ def test_previewer_decodes_with_taesd_at_most_once_per_interval(tiny_models):
     rare = Previewer(taesd, every_s=3600.0)
     assert rare(latents) is not None and rare(latents) is None and rare.count == 1
     small = Previewer(taesd, every_s=0.0, max_side=64)
-    assert max(small(latents).size) == 64
+    seen = []
+    hook = taesd.decoder.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    try:
+        assert max(small(latents).size) == 64
+    finally:
+        hook.remove()
+    assert seen == [(1, 4, 8, 6)]  # decoded small (the latents resized first), not decoded large then shrunk
 
 
 def _run(name, photo, tiny_models, previewer=None, monkeypatch=None):

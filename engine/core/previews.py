@@ -13,11 +13,14 @@ import time
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 
 class Previewer:
-    """latents (B, 4, h, w) in the UNet's space -> the first sample's TAESD image, rate-limited."""
+    """latents (B, 4, h, w) in the UNet's space -> the first sample's TAESD image, rate-limited, at most
+    `max_side` pixels on its longest side (the latents are resized first, so a 1024 px edit's preview
+    costs a 256 px decode)."""
 
     def __init__(self, taesd, every_s: float = 0.5, max_side: int = 256):
         self.taesd = taesd
@@ -37,11 +40,13 @@ class Previewer:
         from engine.core.sampling import tensor_to_pil
 
         param = next(self.taesd.parameters())
+        z = latents[:1].detach().to(param.device, param.dtype)
+        h, w = z.shape[-2:]
+        if 8 * max(h, w) > self.max_side:  # a preview, not the result: decode it small (8x fewer pixels per side)
+            scale = self.max_side / (8 * max(h, w))
+            z = F.interpolate(z, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
+                              align_corners=False)
         # TAESD decodes the UNet's latents as they are (its scaling factor is 1) to [-1, 1].
-        image = tensor_to_pil(self.taesd.decode(latents[:1].detach().to(param.device, param.dtype)).sample)[0]
-        if max(image.size) > self.max_side:  # a preview, not the result: small is quick to send
-            scale = self.max_side / max(image.size)
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                 Image.Resampling.BILINEAR)
+        image = tensor_to_pil(self.taesd.decode(z).sample)[0]
         self.count += 1
         return image

@@ -20,9 +20,9 @@ MUTANTS = [
            "a preview (and its host wait) at every step whatever the interval",
            (E + "test_previewer_decodes_with_taesd_at_most_once_per_interval",)),
     Mutant("previews.full-vae", "engine/core/previews.py",
-           "image = tensor_to_pil(self.taesd.decode(latents[:1].detach().to(param.device, param.dtype)).sample)[0]",
+           "image = tensor_to_pil(self.taesd.decode(z).sample)[0]",
            "image = tensor_to_pil(__import__('engine.models', fromlist=['x']).ModelCache('tiny', device='cpu')"
-           ".get('sd').vae.decode(latents[:1].detach().float() / 0.18215).sample)[0]",
+           ".get('sd').vae.decode(z.float() / 0.18215).sample)[0]",
            "previews decoded by the full VAE (the cost TAESD exists to avoid)",
            (E + "test_a_run_with_a_previewer_gets_taesd_previews_and_the_same_result[sdedit]",)),
     Mutant("previews.tick-never-stops", "ui/live_preview.py",
