@@ -1,7 +1,7 @@
 """Live previews of a run through TAESD (the tiny autoencoder, diffusers' AutoencoderTiny; issue 18).
 
-A full SD VAE decode costs about as much as several UNet steps at 512 px; TAESD decodes the same
-latents to a rough image in a small fraction of that. A `Previewer` turns the latents of a step into
+The SD VAE's decoder is a large network run at full image size (bench/flops.py counts its calls
+beside the UNet's); TAESD decodes the same latents to a rough image with a few small convolutions. A `Previewer` turns the latents of a step into
 a PIL image at most once per `every_s` seconds: the step loop hands its latents to
 `RunLog.step(..., latents=x)`, and only a run that asked for previews (the app) decodes them. Each
 preview reads one image back from the device (a host wait), so previews are rate-limited; a run
