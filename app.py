@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from engine.models import COMPILE_BACKENDS, COMPONENTS, PROFILES, ModelCache
+from engine.models import COMPONENTS, PROFILES, ModelCache, add_speed_arguments, speed_options
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -19,15 +19,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--memory", choices=("gpu", "offload"), default="gpu",
                    help="gpu: all models resident; offload: each model moves to the GPU only while it runs")
-    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                   help="convolutions in channels-last memory order (auto: on a GPU only)")
+    add_speed_arguments(p)
     p.add_argument("--outputs", default=os.environ.get("DES_OUTPUTS", "outputs"),
                    help="folder where every result is saved with its settings (default ./outputs)")
     p.add_argument("--distilled", default=os.environ.get("DES_DISTILLED_DIR", "checkpoints/distilled"),
                    help="folder of distilled pix2pix-zero directions for the tab's fast mode "
                         "(default ./checkpoints/distilled)")
-    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                   choices=COMPILE_BACKENDS, help="torch.compile the UNet, VAE decoder and ControlNets (BACKEND default inductor); the first edit at each size compiles")
     p.add_argument("--no-previews", action="store_true",
                    help="no live TAESD previews while an edit runs (they need the taesd weights)")
     p.add_argument("--auth", default=os.environ.get("DES_AUTH"), metavar="USER:PASSWORD",
@@ -47,8 +44,7 @@ def make_cache(args) -> ModelCache:
         overrides[name] = source
     try:
         return ModelCache(args.profile, device=args.device, memory=args.memory, overrides=overrides,
-                          channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
-                          compile_backend=args.compile)
+                          **speed_options(args))
     except ValueError as exc:
         raise SystemExit(f"error: {exc}")
 

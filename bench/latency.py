@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     from engine import methods
     from engine.__main__ import _open_file, build_parser
     from engine.core.image import open_image
-    from engine.models import ModelCache
+    from engine.models import ModelCache, speed_options
 
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argparse.ArgumentParser(add_help=False)
@@ -46,8 +46,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(rest)
     module = methods.get(args.method)
     models = ModelCache(args.profile, device=args.device, memory=args.memory, overrides=dict(args.model),
-                        channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
-                        compile_backend=args.compile)
+                        **speed_options(args))
     image = open_image(args.image)
     inputs = module.inputs_from_args(args, image, _open_file)
 

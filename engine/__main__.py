@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from engine import methods
-from engine.models import COMPILE_BACKENDS, COMPONENTS, PROFILES
+from engine.models import COMPONENTS, PROFILES, add_speed_arguments, speed_options
 
 
 def _model_override(text: str) -> tuple[str, str]:
@@ -30,10 +30,7 @@ def add_common(parser: argparse.ArgumentParser, needs_image: bool = True) -> Non
     parser.add_argument("--resolution", type=int, default=512, help="longest side in pixels (multiple of 8)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--memory", choices=("gpu", "offload"), default="gpu")
-    parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                        help="convolutions in channels-last memory order (auto: on a GPU only)")
-    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                        choices=COMPILE_BACKENDS, help="torch.compile the UNet, VAE decoder and ControlNets (BACKEND default inductor); the first edit at each size compiles")
+    add_speed_arguments(parser)
     parser.add_argument("--model", action="append", type=_model_override, default=[], metavar="NAME=SRC",
                         help="override a model's hub id or local folder (repeatable)")
 
@@ -64,8 +61,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         models = ModelCache(args.profile, device=args.device, memory=args.memory, overrides=dict(args.model),
-                            channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
-                            compile_backend=args.compile)
+                            **speed_options(args))
         if args.method == "segment":
             from engine import segment_cli
 

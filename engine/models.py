@@ -151,6 +151,21 @@ def _freeze(module):
     return module
 
 
+def add_speed_arguments(parser) -> None:
+    """--channels-last and --compile, the same in the app, the CLI and the benchmarks."""
+    parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                        help="convolutions in channels-last memory order (auto: on a GPU only)")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        choices=COMPILE_BACKENDS, help="torch.compile the UNet, VAE decoder and ControlNets "
+                        "(BACKEND default inductor); the first edit at each size compiles")
+
+
+def speed_options(args) -> dict:
+    """ModelCache keywords from add_speed_arguments' options."""
+    return {"channels_last": {"auto": None, "on": True, "off": False}[args.channels_last],
+            "compile_backend": args.compile}
+
+
 def to_channels_last(model) -> None:
     """The UNet, VAE and ControlNets of a loaded component in channels-last memory order (their
     4-D weights; activations follow the weights). The numbers are the same up to rounding."""

@@ -11,7 +11,7 @@ from ui.components import NOTHING_TO_STOP, STOPPED
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 CAT = str(ROOT / "assets/examples/cat.png")
-LIVE_SHOWN = "(() => { const i = document.querySelector('#sdedit-live img'); return !!i && i.naturalWidth > 0; })()"
+LIVE_SHOWN = "(() => { const i = document.querySelector('#sdedit-live-preview img'); return !!i && i.naturalWidth > 0; })()"
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_progress_is_one_bar_in_words_and_stop_answers_every_time(page, artifact
             # The live TAESD preview of the running edit floats in the window's corner (issue 18).
             page.wait_for_function(LIVE_SHOWN, timeout=60_000)
             page.screenshot(path=str(artifacts / "feedback_live_preview.png"))
-            box = page.locator("#sdedit-live").bounding_box()
+            box = page.locator("#sdedit-live-preview").bounding_box()
             assert box["x"] + box["width"] <= 1366 and box["y"] + box["height"] <= 768  # on screen, in a corner
         page.wait_for_timeout(1000)  # the run is under way (not still waiting for the previous one to end)
         page.locator("#sdedit-stop").click()

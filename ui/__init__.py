@@ -42,10 +42,12 @@ def build_demo(cache, outputs=None, distilled=None, previews=True):
 
 def launch_kwargs(outputs=None, max_upload_mb: int = 25) -> dict:
     """launch() settings shared by the app and the tests: CSS (a launch() argument in Gradio 6),
-    the only folders served besides Gradio's own uploads (assets/ and the outputs folder), and
-    the upload size limit."""
+    the only folders served besides Gradio's own uploads (assets/, the outputs folder and the live
+    previews' folder, whose runs are named by random tokens), and the upload size limit."""
+    from ui.live_preview import PREVIEW_ROOT
+
     css = CSS_PATH.read_text() if CSS_PATH.exists() else ""
-    allowed = [str(CSS_PATH.parent)] + ([str(Path(outputs).resolve())] if outputs else [])
+    allowed = [str(CSS_PATH.parent), str(PREVIEW_ROOT)] + ([str(Path(outputs).resolve())] if outputs else [])
     # show_error: a payload Gradio itself refuses (say, text where an image goes) reaches the
     # client as its message instead of "The upstream Gradio app has raised an exception".
     return {"css": css, "allowed_paths": allowed, "max_file_size": f"{int(max_upload_mb)}mb", "show_error": True}

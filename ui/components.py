@@ -188,6 +188,10 @@ def wire_stop(runner, stop: gr.Button, event, api_name: str) -> None:
 
     stop.click(stop_run, None, stop.status, cancels=[event], api_name=api_name, queue=False,
                show_progress="hidden")
+    if getattr(stop, "live", None) is not None:  # the edit has ended, run or not: no more previews
+        from ui.live_preview import end_js
+
+        event.then(None, None, None, js=end_js(stop.live.prefix))
     # The result column is sticky within its row; a person who scrolled past the row (to the
     # examples) is brought back to the result when it arrives.
     event.then(None, None, None, js=SHOW_RESULT_JS)

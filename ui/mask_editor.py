@@ -28,12 +28,17 @@ import numpy as np
 
 from engine.core import masks as M
 from engine.types import StepInfo
-from ui.mask_values import (ALPHA_THRESHOLD, CANVAS_SIZE, CLICK_MODES, ERROR_TITLE, LAYER_ALPHA,  # noqa: F401
+from ui.mask_values import (ALPHA_THRESHOLD, CANVAS_SIZE, CLICK_MODES, ERROR_TITLE, LAYER_ALPHA,
                             MAX_FEATHER, MAX_GROW, METHODS, NOTHING_SELECTED, PAINT_FIRST, PHOTO_TITLE,
                             UPLOAD_MAX_SIDE, UPLOAD_MIN_SIDE, describe, editor_value, format_click, parse_clicks,
                             preview, read_editor, resolve_mask)
 from ui.page_scripts import run_once_on_load
 from ui.upload_intake import INTAKE_JS, intake, photo_key, unreadable_message  # noqa: F401
+
+# What tabs and tests import from here, the values' and the intake's names included (re-exported).
+__all__ = ["MaskEditor", "mask_editor", "select_by_text", "select_by_clicks", "fill_from_text",
+           "ALPHA_THRESHOLD", "MAX_FEATHER", "MAX_GROW", "NOTHING_SELECTED", "PHOTO_TITLE", "resolve_mask",
+           "intake", "photo_key", "unreadable_message"]
 
 # -- engine calls (run through runner.call: ValueError -> gr.Error) ---------------------------
 

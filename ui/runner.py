@@ -89,11 +89,13 @@ class Runner:
                 else:
                     progress((info.i, info.n), desc=words(info.stage))
             if slot is not None and info.preview is not None:
-                slot.image, slot.seq = info.preview, slot.seq + 1
+                slot.show(info.preview)
 
         try:
             if slot is not None:
                 on_step.previewer = self.previews.previewer()  # read by engine.methods.common.RunLog
+                if on_step.previewer is None:  # off after all (TAESD missing): the page stops asking
+                    self.previews.finish(slot)
             with self._gpu:
                 return self._execute(fn, args, dict(kwargs, on_step=on_step))
         except ValueError as exc:  # a user mistake, not a server fault: no traceback in the log

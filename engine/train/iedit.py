@@ -234,11 +234,6 @@ def evaluate(unet, prepared: list[Prepared], models, alphas, lambda_perc: float)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------
-def step_dirs(out: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (accelerate's state and unet/ both written), oldest first."""
-    return accel.checkpoints(out)
-
-
 def save_checkpoint(accelerator, out: Path, step: int, unet, state: dict) -> Path:
     """DIR/checkpoint-NNNNNN: accelerate's state (model, optimizer, RNG) for --resume, plus unet/
     (diffusers layout, safetensors) for inference and trainer_state.json; renamed into place last."""
@@ -252,7 +247,6 @@ def save_checkpoint(accelerator, out: Path, step: int, unet, state: dict) -> Pat
 def _start(out: Path, cfg: TrainConfig, notes: list[str], main: bool) -> Optional[Path]:
     """The checkpoint to resume from (or None), after the overwrite rules."""
     resume = "latest" if cfg.resume is True else (cfg.resume or None)
-    existing = step_dirs(out)
     if resume:
         found = accel.find_resume(out, resume)
         if found is None:

@@ -1,5 +1,5 @@
 """Live previews' breakages (issue 18): TAESD decodes a running edit's latents, rate-limited, and the
-page shows the newest one until the run ends (tests/test_previews.py, tests/test_ui_live_preview.py)."""
+page shows the newest one until the run ends (published as files the page polls) (tests/test_previews.py, tests/test_ui_live_preview.py)."""
 from tests.mutants import Mutant
 
 TESTS = ("tests/test_previews.py", "tests/test_ui_live_preview.py")
@@ -25,13 +25,23 @@ MUTANTS = [
            ".get('sd').vae.decode(z.float() / 0.18215).sample)[0]",
            "previews decoded by the full VAE (the cost TAESD exists to avoid)",
            (E + "test_a_run_with_a_previewer_gets_taesd_previews_and_the_same_result[sdedit]",)),
-    Mutant("previews.tick-never-stops", "ui/live_preview.py",
-           'return gr.update(value=None, visible=False), gr.update(active=False)',
-           'return gr.update(value=None, visible=False), gr.update(active=True)',
+    Mutant("previews.never-ended", "ui/live_preview.py",
+           '            self._state("ended")\n', "            pass\n",
            "the page keeps asking for previews after the run",
-           (U + "test_edit_arms_ticks_show_previews_and_the_end_hides_them",)),
+           (U + "test_edit_arms_the_run_publishes_previews_and_the_end_says_ended",)),
     Mutant("previews.slot-never-started", "ui/runner.py",
            "        slot = self.previews.start(key) if previews else None\n",
            "        slot = None\n", "method runs keep no previews for the page",
-           (U + "test_edit_arms_ticks_show_previews_and_the_end_hides_them",)),
+           (U + "test_edit_arms_the_run_publishes_previews_and_the_end_says_ended",)),
+    Mutant("previews.any-token", "ui/live_preview.py",
+           "if not self.enabled or not isinstance(token, str) or not TOKEN.fullmatch(token):",
+           "if not self.enabled:", "a folder named by whatever the client sends (a path, say)",
+           (U + "test_tokens_the_page_would_not_make_are_refused",)),
+    Mutant("previews.folder-not-served", "ui/__init__.py",
+           "allowed = [str(CSS_PATH.parent), str(PREVIEW_ROOT)]", "allowed = [str(CSS_PATH.parent)]",
+           "the page cannot fetch the previews",
+           (U + "test_the_app_serves_a_runs_previews_and_nothing_else",)),
+    Mutant("previews.end-not-chained", "ui/components.py",
+           "        event.then(None, None, None, js=end_js(stop.live.prefix))\n", "        pass\n",
+           "a refused input leaves the page polling", (U + "test_every_method_tab_arms_and_ends_its_preview",)),
 ]
