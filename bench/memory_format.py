@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from datetime import date
 
 import torch
 
 from bench.results import add_row, command_line, run_cli
+from bench.unet_eval_cost import time_unet, unet_inputs
 
 SECTION = "## channels-last memory order (python -m bench.memory_format)"
 HEADER = ("| date | device | profile | px | NCHW s / UNet eval | channels-last s | NCHW / channels-last "
@@ -41,22 +41,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     models = ModelCache(args.profile, device=args.device, channels_last=False)
     unet = models.sd().unet
-    dtype = next(unet.parameters()).dtype
-    side = args.resolution // 8
-    x = torch.randn(2, unet.config.in_channels, side, side, device=models.device, dtype=dtype)
-    c = torch.randn(2, 77, unet.config.cross_attention_dim, device=models.device, dtype=dtype)
-    t = torch.tensor([500, 500], device=models.device)
+    x, t, c = unet_inputs(unet, models.device, 2, args.resolution)
 
     def timed(order) -> float:
         unet.to(memory_format=order)
-        with torch.no_grad():
-            if models.device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            unet(x, t, encoder_hidden_states=c)
-            if models.device.type == "cuda":
-                torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return time_unet(unet, x, t, c)
 
     nchw, last = torch.contiguous_format, torch.channels_last
     timed(nchw), timed(last)  # warm-up of each

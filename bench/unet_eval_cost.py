@@ -16,6 +16,29 @@ import time
 import torch
 
 
+def unet_inputs(unet, device, batch: int, resolution: int):
+    """Random latents, timesteps and text states shaped for one UNet evaluation at `resolution`."""
+    side = resolution // 8
+    dtype = next(unet.parameters()).dtype
+    x = torch.randn(batch, unet.config.in_channels, side, side, device=device, dtype=dtype)
+    c = torch.randn(batch, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    t = torch.tensor([500] * batch, device=device)
+    return x, t, c
+
+
+def time_unet(unet, x, t, c) -> float:
+    """Seconds for one no-grad UNet evaluation, the device's queue drained before and after."""
+    cuda = x.device.type == "cuda"
+    with torch.no_grad():
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        unet(x, t, encoder_hidden_states=c)
+        if cuda:
+            torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def main(argv=None) -> int:
     from engine.models import PROFILES, ModelCache
 
@@ -28,24 +51,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = ModelCache(args.profile, device=args.device)
-    sd = models.sd()
-    unet = sd.unet
-    side = args.resolution // 8
-    dtype = next(unet.parameters()).dtype
-    width = unet.config.cross_attention_dim
+    unet = models.sd().unet
     for batch in (1, 2):
-        x = torch.randn(batch, unet.config.in_channels, side, side, device=models.device, dtype=dtype)
-        c = torch.randn(batch, 77, width, device=models.device, dtype=dtype)
-        t = torch.tensor([500] * batch, device=models.device)
-        times = []
-        with torch.no_grad():
-            for i in range(args.repeats + 1):
-                start = time.perf_counter()
-                unet(x, t, encoder_hidden_states=c)
-                if models.device.type == "cuda":
-                    torch.cuda.synchronize()
-                if i:  # the first call is the warm-up
-                    times.append(time.perf_counter() - start)
+        x, t, c = unet_inputs(unet, models.device, batch, args.resolution)
+        times = [time_unet(unet, x, t, c) for _ in range(args.repeats + 1)][1:]  # the first is the warm-up
         print(f"{args.profile} {args.resolution}px {models.device} threads={args.threads} batch {batch}: "
               f"{statistics.median(times):.3f} s per UNet evaluation (median of {args.repeats})", flush=True)
     return 0
