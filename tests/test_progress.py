@@ -66,3 +66,29 @@ def test_the_estimate_gives_the_time_left_until_the_runs_own_pace_is_known():
     clock[0] = 0.5
     _, desc = p.update("denoise", 1, 100)
     assert "about 50 s left" in desc
+
+
+def test_the_runner_sends_progress_at_most_once_a_second_but_every_stage_and_its_end(tiny_models):
+    """Each progress message makes Gradio 6.31's page re-upload the image editors' photos: a run's
+    messages are rate-limited (ui.runner.PROGRESS_EVERY_S), but a new stage and the last step go out."""
+    from engine.types import StepInfo
+    from ui.runner import Runner
+
+    runner = Runner(tiny_models, previews=False)
+
+    def fn(on_step):
+        for stage in ("inversion", "edit"):
+            for i in range(1, 201):
+                on_step(StepInfo(stage, i, 200))
+        return "done"
+
+    def sent_by(every_s):
+        runner.progress_every_s = every_s
+        calls = []
+        assert runner.call(fn, progress=lambda value, desc=None: calls.append((value, desc))) == "done"
+        return calls
+
+    calls = sent_by(1.0)  # 400 steps in well under a second
+    assert [c[0] for c in calls] == [(1, 200), (200, 200), (1, 200), (200, 200)], calls
+    assert [c[1] for c in calls] == ["Inverting the photo (DDIM)"] * 2 + ["Editing"] * 2
+    assert len(sent_by(0.0)) == 400  # unthrottled: every step

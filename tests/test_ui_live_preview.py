@@ -45,6 +45,7 @@ def test_edit_arms_the_run_publishes_previews_and_the_end_says_ended(tiny_models
     assert _state(folder) == {"state": "waiting", "seq": 0}  # armed, the run has not started yet
     seen = []
     runner.previews.every_s = 0.0
+    runner.progress_every_s = 0.0  # a progress call at every step, to look at the folder
 
     def progress(*args, **kwargs):  # called at every step, while the run holds the slot
         state = _state(folder)

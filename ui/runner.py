@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
@@ -22,6 +23,10 @@ from ui.progress import RunProgress, Timings, duration, words
 log = logging.getLogger("studio")
 
 LONG_RUN_S = 30.0  # runs expected to take longer are announced before they start
+# Seconds between two progress messages of a run (a new stage and the last step always go out).
+# In Gradio 6.31 each message makes the page re-upload every image editor's photo (three files),
+# so a message per step meant ~250 uploads for a 100-step edit on the tiny profile.
+PROGRESS_EVERY_S = 1.0
 
 OOM_HINT = ("The GPU ran out of memory. Try a smaller resolution or fewer results, or start the app "
             "with --memory offload. The model cache was cleared; the next request will reload the models.")
@@ -45,6 +50,7 @@ class Runner:
         self.restore_targets: list = []  # filled by the tabs (components.restorable), read by History
         self.tabs = None  # the gr.Tabs, so History can switch to a restored tab
         self.previews = LivePreviews(cache, enabled=previews)  # TAESD previews while a method runs
+        self.progress_every_s = PROGRESS_EVERY_S
 
     @property
     def is_fake(self) -> bool:
@@ -79,14 +85,24 @@ class Runner:
             self._cancel[key] = event
         slot = self.previews.start(key) if previews else None
 
+        sent = {"at": -float("inf"), "stage": None}
+
+        def due(info: StepInfo) -> bool:
+            now = time.monotonic()
+            if info.stage == sent["stage"] and info.i < info.n and now - sent["at"] < self.progress_every_s:
+                return False
+            sent.update(at=now, stage=info.stage)
+            return True
+
         def on_step(info: StepInfo) -> None:
             if event.is_set():
                 raise Cancelled("stopped by the user")
             if progress is not None:
                 if tracker is not None:
-                    fraction, desc = tracker.update(info.stage, info.i, info.n)
-                    progress(fraction, desc=desc)
-                else:
+                    fraction, desc = tracker.update(info.stage, info.i, info.n)  # every step: its ETA
+                    if due(info):
+                        progress(fraction, desc=desc)
+                elif due(info):
                     progress((info.i, info.n), desc=words(info.stage))
             if slot is not None and info.preview is not None:
                 slot.show(info.preview)
