@@ -126,8 +126,9 @@ def test_old_folders_are_swept_at_the_next_arm(tiny_models, tmp_path):
     os.utime(ended.folder / "state.json", (old, old))
     ancient = old - LP.STALE_S
     os.utime(waiting.folder / "state.json", (ancient, ancient))
+    (tmp_path / ("d" * 32)).mkdir()  # just made by another session's arm, its state not written yet
     assert previews.arm("s", TOKEN)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c" * 32, TOKEN])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c" * 32, "d" * 32, TOKEN])
 
 
 def test_every_method_tab_arms_and_ends_its_preview(tiny_models):

@@ -162,8 +162,11 @@ class LivePreviews:
             try:
                 state = json.loads((folder / "state.json").read_text()).get("state")
                 age = now - (folder / "state.json").stat().st_mtime
-            except (OSError, ValueError, AttributeError):
-                state, age = None, STALE_S + 1
+            except (OSError, ValueError, AttributeError):  # no readable state: its folder's age decides
+                try:              # (another session's arm may have made the folder a moment ago)
+                    state, age = None, now - folder.stat().st_mtime
+                except OSError:
+                    continue
             if (state == "ended" and age > 60) or age > STALE_S:
                 shutil.rmtree(folder, ignore_errors=True)
 
