@@ -57,8 +57,9 @@ def gb(value: float) -> float:
     return round(value / 2**30, 2)
 
 
-def measure(case: str, models, resolution: int, repeat: int, dry: bool) -> dict:
-    """Warm-up + `repeat` runs of one case through the CLI's own parsing."""
+def measure(case: str, models, resolution: int, repeat: int, dry: bool, speed_flags: tuple = ()) -> dict:
+    """Warm-up + `repeat` runs of one case through the CLI's own parsing (`speed_flags`: the suite's
+    --compile and --channels-last, which `models` was made with, for the row's command)."""
     from engine import methods
     from engine.__main__ import _open_file, build_parser
     from engine.core.image import open_image
@@ -81,13 +82,13 @@ def measure(case: str, models, resolution: int, repeat: int, dry: bool) -> dict:
             "stages": {k: round(statistics.median(r.seconds.get(k, 0.0) for r in runs), 3)
                        for k in runs[0].seconds if k != "total"},
             "evals": runs[0].unet_evals, "resident": resident, "peak": peak, "warmup": warm.seconds["total"],
-            "command": "python -m bench.latency " + " ".join(a for a in argv if not a.startswith("/tmp"))
-            + (f" --compile {models.compile_backend}" if models.compile_backend else "")}
+            "command": "python -m bench.latency " + " ".join([a for a in argv if not a.startswith("/tmp")]
+                                                             + list(speed_flags))}
 
 
 def main(argv=None) -> int:
     from bench.latency import device_name
-    from engine.models import ModelCache
+    from engine.models import ModelCache, add_speed_arguments, speed_options
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -98,8 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--case", action="append", default=[], choices=list(CASES), help="only these cases")
     ap.add_argument("--dry-run", action="store_true", help="tiny profile, CPU, small settings: checks the suite runs")
     ap.add_argument("--no-compare", action="store_true", help="skip pix2pix-zero against diffusers")
-    ap.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                    help="torch.compile the UNet, VAE decoder and ControlNets (the warm-up run compiles)")
+    add_speed_arguments(ap)  # --compile (the warm-up run compiles) and --channels-last, as in bench.latency
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
     dry = args.dry_run
@@ -109,11 +109,13 @@ def main(argv=None) -> int:
     repeat = args.repeat or (1 if dry else 3)
     record = not (args.no_record or dry)
     start = time.perf_counter()
-    models = ModelCache(profile, device=device, compile_backend=args.compile)
+    models = ModelCache(profile, device=device, **speed_options(args))
+    speed_flags = ((["--compile", args.compile] if args.compile else [])
+                   + (["--channels-last", args.channels_last] if args.channels_last != "auto" else []))
     cuda = models.device.type == "cuda"
     rows = []
     for case in args.case or list(CASES):
-        r = measure(case, models, resolution, repeat, dry)
+        r = measure(case, models, resolution, repeat, dry, speed_flags)
         rows.append(r)
         print(f"{case:16s} {r['seconds']:8.3f} s (target {r['target']} s)  UNet {r['evals']['forward']}/"
               f"{r['evals']['backward']}  peak {r['peak']} GB  stages {r['stages']}  warm-up {r['warmup']:.1f} s"

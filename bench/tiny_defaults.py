@@ -33,11 +33,22 @@ TEXTS = {
 }
 
 
+def tab_inputs(module, photo, profile: str = "tiny", **over):
+    """The inputs of the tab's default run: `profile`'s defaults (engine/profile_defaults.py), the text
+    of the tab's first example (TEXTS) and the photo; `over` changes fields (unknown ones are dropped,
+    like the text fields a method does not have)."""
+    from engine.profile_defaults import defaults, inputs_class
+
+    cls = inputs_class(module)
+    fields = {**defaults(module, profile), **TEXTS.get(module.NAME, {}), "image": photo, **over}
+    return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+
+
 def main(argv=None) -> int:
     from engine import methods
     from engine.core.image import load_image
     from engine.models import ModelCache
-    from engine.profile_defaults import defaults, describe, inputs_class
+    from engine.profile_defaults import describe
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -57,9 +68,7 @@ def main(argv=None) -> int:
             continue
         if name == "pix2pix-zero-fast":  # needs a trained checkpoint; timed by bench.p2pz_distill_speed
             continue
-        fields = {**defaults(module, "tiny"), **TEXTS.get(name, {}), "image": photo}
-        cls = inputs_class(module)
-        inputs = cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+        inputs = tab_inputs(module, photo)
         start = time.perf_counter()
         result = module.run(inputs, models)
         seconds = time.perf_counter() - start

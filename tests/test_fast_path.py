@@ -6,20 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from bench.tiny_defaults import TEXTS
+from bench.tiny_defaults import TEXTS, tab_inputs
 from engine import methods
 from engine.core.attention import CrossAttentionProbe
 from engine.models import ModelCache
-from engine.profile_defaults import defaults, inputs_class
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def _inputs(name, photo, **over):
     module = methods.available()[name]
-    cls = inputs_class(module)
-    fields = {**defaults(module, "tiny"), **TEXTS[name], "image": photo, **over}
-    return module, cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+    return module, tab_inputs(module, photo, **over)
 
 
 @pytest.fixture(autouse=True)

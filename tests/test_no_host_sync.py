@@ -20,9 +20,9 @@ import traceback
 import pytest
 import torch
 
-from bench.tiny_defaults import TEXTS  # what a person types before pressing Edit
+from bench.tiny_defaults import TEXTS, tab_inputs  # what a person types before pressing Edit
 from engine import methods
-from engine.profile_defaults import defaults, inputs_class
+from engine.profile_defaults import defaults
 
 CONVERSIONS = ("item", "__float__", "__int__", "__bool__", "__index__", "tolist", "numpy", "cpu")
 # Every field that sets how many times a loop runs (ITO: t_u updates of k Adam steps, n mask seeds;
@@ -62,10 +62,8 @@ def conversions(monkeypatch):
 
 def _inputs(name, photo, more_steps=0):
     module = methods.available()[name]
-    cls = inputs_class(module)
-    fields = {**defaults(module, "tiny"), **TEXTS[name], "image": photo}
-    fields = {k: v + more_steps if k in LOOPS else v for k, v in fields.items()}
-    return module, cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+    longer = {k: v + more_steps for k, v in defaults(module, "tiny").items() if k in LOOPS}
+    return module, tab_inputs(module, photo, **longer)
 
 
 def _count(name, photo, tiny_models, conversions, more_steps=0):

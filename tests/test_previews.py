@@ -7,10 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.tiny_defaults import TEXTS
+from bench.tiny_defaults import TEXTS, tab_inputs
 from engine import methods
 from engine.core.previews import Previewer
-from engine.profile_defaults import defaults, inputs_class
 
 
 def test_taesd_loads_through_the_cache_from_its_saved_folder(tiny_models, model_dir):
@@ -49,9 +48,7 @@ def _run(name, photo, tiny_models, previewer=None, monkeypatch=None):
     module = methods.available()[name]
     if hasattr(module, "InversionCache"):  # pix2pix-zero: invert again (its cache would skip a VAE decode)
         monkeypatch.setattr(module, "CACHE", module.InversionCache())
-    cls = inputs_class(module)
-    fields = {**defaults(module, "tiny"), **TEXTS[name], "image": photo}
-    inputs = cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+    inputs = tab_inputs(module, photo)
     infos = []
 
     def on_step(info):

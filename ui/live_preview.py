@@ -148,9 +148,6 @@ class LivePreviews:
             slot.start()
         return slot
 
-    def finish(self, slot: Slot) -> None:
-        slot.finish()
-
     def _sweep(self) -> None:
         """Remove the folders of runs that ended a while ago or were armed and never started."""
         now = time.time()

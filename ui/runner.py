@@ -111,7 +111,7 @@ class Runner:
             if slot is not None:
                 on_step.previewer = self.previews.previewer()  # read by engine.methods.common.RunLog
                 if on_step.previewer is None:  # off after all (TAESD missing): the page stops asking
-                    self.previews.finish(slot)
+                    slot.finish()
             with self._gpu:
                 return self._execute(fn, args, dict(kwargs, on_step=on_step))
         except ValueError as exc:  # a user mistake, not a server fault: no traceback in the log
@@ -131,7 +131,7 @@ class Runner:
             raise gr.Error(f"The edit failed: {type(exc).__name__}: {exc}", title="Error") from None
         finally:
             if slot is not None:
-                self.previews.finish(slot)
+                slot.finish()
             with self._lock:
                 if self._cancel.get(key) is event:
                     del self._cancel[key]
