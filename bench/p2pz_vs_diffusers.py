@@ -67,6 +67,17 @@ def unet_samples(unet, box: list):
         handle.remove()
 
 
+def timed(fn) -> float:
+    """Seconds of fn(), the device's queue drained before and after."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def reexec(allocators: list[str], argv: list[str]) -> int:
     """Run this script once per allocator in a child process (LD_PRELOAD must be set at start)."""
     code = 0
@@ -147,15 +158,6 @@ def main(argv=None) -> int:
         pipe(prompt=caption, source_embeds=src, target_embeds=tgt, num_inference_steps=args.steps,
              negative_prompt=negative, cross_attention_guidance_amount=0.1, guidance_scale=5.0, latents=inv,
              output_type="pil")
-
-    def timed(fn) -> float:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
 
     samples = {"ours": [0], "reedit": [0], "theirs": [0]}
     with unet_samples(sd.unet, samples["ours"]):

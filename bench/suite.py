@@ -1,5 +1,5 @@
-"""The GPU suite, one call: every method at its paper defaults, pix2pix-zero against diffusers'
-pipeline, and the whole app's memory, appended to bench/RESULTS.md.
+"""The GPU suite, one call: every method at its paper defaults, pix2pix-zero, SDEdit and the ControlNet
+img2img path against diffusers' pipelines, and the whole app's memory, appended to bench/RESULTS.md.
 
     python -m bench.suite --device cuda                 # sd15-shape profile, 512 px, fp16 (on a GPU)
     python -m bench.suite --dry-run                     # tiny profile on the CPU, small settings (CI)
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 3; 1 with --dry-run)")
     ap.add_argument("--case", action="append", default=[], choices=list(CASES), help="only these cases")
     ap.add_argument("--dry-run", action="store_true", help="tiny profile, CPU, small settings: checks the suite runs")
-    ap.add_argument("--no-compare", action="store_true", help="skip pix2pix-zero against diffusers")
+    ap.add_argument("--no-compare", action="store_true", help="skip the comparisons with diffusers' pipelines")
     add_speed_arguments(ap)  # --compile (the warm-up run compiles) and --channels-last, as in bench.latency
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
@@ -132,6 +132,11 @@ def main(argv=None) -> int:
         compare = ["--profile", profile, "--resolution", str(resolution), "--rounds", "1" if dry else "2",
                    "--steps", "10" if dry else "50"] + ([] if record else ["--no-record"])
         p2pz_vs_diffusers.main(compare)
+        from bench import pipelines_vs_diffusers  # SDEdit and the ControlNet img2img path, the same way
+
+        pipelines_vs_diffusers.main(["--profile", profile, "--resolution", str(resolution), "--device",
+                                     str(models.device), "--rounds", "1" if dry else "2", "--steps",
+                                     "4" if dry else "50"] + ([] if record else ["--no-record"]))
     from bench import p2pz_distill_speed
 
     distill = ["--profile", profile, "--resolution", str(resolution), "--repeat", "3" if dry else "20"]

@@ -188,7 +188,10 @@ def compile_parts(model, backend: str) -> None:
     if isinstance(model, SDModels):
         parts = [model.unet, model.vae.decoder]
     elif isinstance(model, ControlNetModel):
-        parts = [model]
+        # its blocks, not the model: the studio calls them one by one with the condition's features
+        # computed once per edit (engine/core/controlnet_features.py); the model's own forward runs
+        # the same compiled blocks
+        parts = [model.controlnet_cond_embedding, *model.down_blocks] + ([model.mid_block] if model.mid_block else [])
     else:  # captioner, segmenters, CLIP...: called once per edit, not worth compiling
         return
     for part in parts:

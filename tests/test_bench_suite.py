@@ -19,4 +19,5 @@ def test_dry_run_covers_every_case_and_the_comparison(tmp_path):
         assert any(line.startswith(case + " ") for line in out.stdout.splitlines()), (case, out.stdout)
     assert "whole app resident" in out.stdout and "first edit" in out.stdout and "suite done" in out.stdout
     assert "per UNet evaluation (NCHW / channels-last" in out.stdout
+    assert "sdedit: ours" in out.stdout and "iir-net: ours" in out.stdout  # against diffusers
     assert (ROOT / "bench" / "RESULTS.md").read_text() == before  # a dry run records nothing

@@ -20,6 +20,7 @@ from engine.core.removal import LUMA, MAX_NOISE, edge_tensor, mask_tensor, remov
 from engine.methods import iir_net
 from engine.models import ModelCache
 from engine.train import iir_net as trainer
+from tests.test_controlnet_features import whole_controlnets
 from tests.test_iir_net import _picture, no_default_checkpoint, one_thread  # noqa: F401 (fixtures)
 
 
@@ -46,7 +47,8 @@ def _inputs_of(module: torch.nn.Module, seen: list):
     handle = module.register_forward_pre_hook(
         lambda _m, args, kwargs: seen.append((args, dict(kwargs))), with_kwargs=True)
     try:
-        yield seen
+        with whole_controlnets():  # a ControlNet's condition image is read at each call
+            yield seen
     finally:
         handle.remove()
 
@@ -108,6 +110,7 @@ def controlnet_calls(monkeypatch):
         return model
 
     monkeypatch.setattr(iir_net, "load_iir_controlnet", load)
+    monkeypatch.setattr(S, "supports_features", lambda model: False)  # see whole_controlnets in test_controlnet_features.py
     yield seen
     for h in handles.values():
         h.remove()

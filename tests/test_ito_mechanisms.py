@@ -30,6 +30,7 @@ from engine.core import conditions as K
 from engine.core import ito_inputs as I
 from engine.core import sampling as S
 from engine.methods import ito
+from tests.test_controlnet_features import whole_controlnets
 from tests.test_ito import _photo, photo64  # noqa: F401 (a fixture)
 
 BASE = dict(caption="a cat on grass", prompt="a red sports car", resolution=64, mask_seeds=2, cfg=7.5)
@@ -81,7 +82,8 @@ def probe(models):
             lambda m, a, kw: p.control.append((kw["controlnet_cond"].detach().clone(),
                                                kw["encoder_hidden_states"].detach().clone())), with_kwargs=True))
     try:
-        yield p
+        with whole_controlnets():  # the probe reads each ControlNet call's condition image
+            yield p
     finally:
         for h in hooks:
             h.remove()

@@ -78,14 +78,15 @@ def optimize_embeddings(unet, scheduler, x_photo: torch.Tensor, x_ref: torch.Ten
     e_a = e_a.detach().float().clone().requires_grad_(True)
     e_b = e_b.detach().float().clone().requires_grad_(True)
     x0 = torch.cat([x_photo, x_ref]).float()
-    scale = loss_scale(unet.dtype)
+    dtype = S.param_dtype(unet)  # once: unet.dtype walks the whole UNet
+    scale = loss_scale(dtype)
     opt = torch.optim.Adam([e_a, e_b], lr=lr)
     try:
         for i in range(steps):
             x_t, t, noise = noised_batch(scheduler, x0, generator)
             with torch.enable_grad():
-                emb = torch.cat([e_a, e_b]).to(unet.dtype)
-                eps = unet(x_t.to(unet.dtype), t, encoder_hidden_states=emb).sample
+                emb = torch.cat([e_a, e_b]).to(dtype)
+                eps = unet(x_t.to(dtype), t, encoder_hidden_states=emb).sample
                 counter.forward += 1
                 loss_a = masked_mse(eps[:1], noise[:1], m_subject)  # Eq. 2 with M = subject mask of the photo
                 loss_b = masked_mse(eps[1:], noise[1:], m_background)  # Eq. 2 with M = background of the reference
@@ -122,7 +123,8 @@ def fine_tune(unet, params: Sequence[torch.nn.Parameter], scheduler, x_photo: to
     params = list(params)
     x0 = torch.cat([x_photo, x_ref]).float()
     emb = e_opt.detach().expand(2, -1, -1)
-    run_dtype = autocast or unet.dtype
+    dtype = S.param_dtype(unet)  # once: unet.dtype walks the whole UNet
+    run_dtype = autocast or dtype
     scale = loss_scale(run_dtype)
     amp = torch.autocast(x0.device.type, dtype=autocast) if autocast is not None else nullcontext()
     opt = torch.optim.Adam(params, lr=lr)
@@ -131,7 +133,7 @@ def fine_tune(unet, params: Sequence[torch.nn.Parameter], scheduler, x_photo: to
         for i in range(steps):
             x_t, t, noise = noised_batch(scheduler, x0, generator)
             with torch.enable_grad(), amp:
-                eps = unet(x_t.to(unet.dtype), t, encoder_hidden_states=emb.to(unet.dtype)).sample
+                eps = unet(x_t.to(dtype), t, encoder_hidden_states=emb.to(dtype)).sample
                 counter.forward += 1
                 l_obj = masked_mse(eps[:1], noise[:1], m_subject)  # Eq. 4: M_t * (eps - f)
                 l_bg = masked_mse(eps[1:], noise[1:], m_background)  # Eq. 5: (1 - M_r) * (eps - f)

@@ -4,9 +4,10 @@ tensor->Python conversions per line at two loop lengths); channels-last asked fo
 attention layers off SDPA where no probabilities are needed (tests/test_fast_path.py)."""
 from tests.mutants import Mutant
 
-TESTS = ("tests/test_no_host_sync.py", "tests/test_fast_path.py")
+TESTS = ("tests/test_no_host_sync.py", "tests/test_fast_path.py", "tests/test_controlnet_features.py")
 FP = "tests/test_fast_path.py::"
 F = "tests/test_no_host_sync.py::test_step_loops_do_not_wait_for_the_device"
+CF = "tests/test_controlnet_features.py::"
 
 MUTANTS = [
     Mutant("fast_path.alpha-bar-int", "engine/core/sampling.py",
@@ -57,4 +58,34 @@ MUTANTS = [
            "                if self.compile_backend:\n                    compile_parts(model, self.compile_backend)\n", "",
            "--compile asked for and nothing compiled",
            (FP + "test_compile_gives_the_same_edit_and_copies_run_their_own_weights",)),
+    Mutant("fast_path.controlnet-features-per-step", "engine/core/sampling.py",
+           "        if key not in self._features:", "        if True:",
+           "the ControlNet's condition features E(c) recomputed at every step again",
+           (CF + "test_iir_net_computes_the_condition_features_once_per_edit_and_gives_the_same_edit",
+            CF + "test_ito_with_scribble_and_pose_gives_the_same_edit_with_features_reused")),
+    Mutant("fast_path.controlnet-features-not-added", "engine/core/controlnet_features.py",
+           "    h = model.conv_in(sample) + features", "    h = model.conv_in(sample)",
+           "the block-by-block ControlNet forward drops the condition (the ControlNet ignores its image)",
+           (CF + "test_residuals_from_features_equal_the_models_forward",)),
+    Mutant("fast_path.controlnet-features-unscaled", "engine/core/controlnet_features.py",
+           "    down = [zero_conv(s) * scale for", "    down = [zero_conv(s) for",
+           "the conditioning scale not applied to the down residuals",
+           (CF + "test_residuals_from_features_equal_the_models_forward",)),
+    Mutant("fast_path.controlnet-features-bgr-ignored", "engine/core/controlnet_features.py",
+           "        image = torch.flip(image, dims=[1])", "        image = image",
+           "a BGR ControlNet given RGB features", (CF + "test_residuals_from_features_equal_the_models_forward",)),
+    Mutant("fast_path.unet-dtype-walk-per-step", "engine/core/sampling.py",
+           "    dtype = param_dtype(unet)  # not unet.dtype", "    dtype = unet.dtype  # not unet.dtype",
+           "diffusers' unet.dtype (a walk over every submodule) asked at every step of every method",
+           (FP + "test_step_loops_do_not_walk_the_models_for_their_dtype_or_device",)),
+    Mutant("fast_path.layered-dtype-walk-per-step", "engine/core/layered_training.py",
+           "                eps = unet(x_t.to(dtype), t, encoder_hidden_states=emb.to(dtype)).sample",
+           "                eps = unet(x_t.to(unet.dtype), t, encoder_hidden_states=emb.to(unet.dtype)).sample",
+           "LayerDiffusion's fine-tuning (Eq. 4-6) asks unet.dtype at every step",
+           (FP + "test_step_loops_do_not_walk_the_models_for_their_dtype_or_device",)),
+    Mutant("fast_path.controlnet-features-wrong-image", "engine/core/sampling.py",
+           "condition_features(self.models[i], self.images[i].to(device, dtype))",
+           "condition_features(self.models[i], self.images[0].to(device, dtype))",
+           "with several ControlNets (ITO's scribble and pose) each gets the first one's condition image",
+           (CF + "test_ito_with_scribble_and_pose_gives_the_same_edit_with_features_reused",)),
 ]
