@@ -110,7 +110,7 @@ def controlnet_calls(monkeypatch):
         return model
 
     monkeypatch.setattr(iir_net, "load_iir_controlnet", load)
-    monkeypatch.setattr(S, "supports_features", lambda model: False)  # see whole_controlnets in test_controlnet_features.py
+    monkeypatch.setattr(S, "supports_features", lambda model: False)  # whole ControlNets, as whole_controlnets()
     yield seen
     for h in handles.values():
         h.remove()

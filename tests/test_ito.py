@@ -151,7 +151,7 @@ def test_mask_is_one_batched_unet_call_per_step_and_matches_per_seed_runs(tiny_m
     counter = S.UNetCounter()
     seen = []
     net = tiny_models.get("controlnet_scribble")
-    monkeypatch.setattr(S, "supports_features", lambda model: False)  # see whole_controlnets in test_controlnet_features.py
+    monkeypatch.setattr(S, "supports_features", lambda model: False)  # whole ControlNets, as whole_controlnets()
     hook = net.register_forward_pre_hook(
         lambda m, a, kw: seen.append((kw["controlnet_cond"].clone(), kw["encoder_hidden_states"].clone())),
         with_kwargs=True)

@@ -59,12 +59,13 @@ def param_dtype(module: torch.nn.Module) -> torch.dtype:
     for p in module.parameters():
         if p.is_floating_point():
             return p.dtype
-    return torch.float32
+    return getattr(module, "dtype", torch.float32)
 
 
-def param_device(module: torch.nn.Module) -> torch.device:
-    """The device of a model's first parameter (see param_dtype)."""
-    return next(module.parameters()).device
+def param_device(module: torch.nn.Module) -> Optional[torch.device]:
+    """The device of a model's first parameter (see param_dtype); None for a model without any."""
+    first = next(module.parameters(), None)
+    return first.device if first is not None else getattr(module, "device", None)
 
 
 # -- text and image encoding -------------------------------------------------------------

@@ -27,7 +27,7 @@ MUTANTS = [
            "m_background = 1.0 - to_latent(m_ref, h, w, device)", "m_background = to_latent(m_ref, h, w, device)",
            "Eq. 2/5: the background region is 1 - M_r"),
     Mutant("layer_diffusion.eq2-embeddings-swapped", F_LT,
-           "emb = torch.cat([e_a, e_b]).to(unet.dtype)", "emb = torch.cat([e_b, e_a]).to(unet.dtype)",
+           "emb = torch.cat([e_a, e_b]).to(dtype)", "emb = torch.cat([e_b, e_a]).to(dtype)",
            "Eq. 2: e_a conditions the photo, e_b the reference (wrong tensor)"),
     Mutant("layer_diffusion.eq2-e_b-not-optimised", F_LT,
            "opt = torch.optim.Adam([e_a, e_b], lr=lr)", "opt = torch.optim.Adam([e_a], lr=lr)",
