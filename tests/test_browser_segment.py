@@ -20,6 +20,10 @@ READ_PIXELS = """img => {
     return {w: c.width, h: c.height, red_minus_green: (r - g) / (d.length / 4), src: img.src};
 }"""
 
+# The preview's image has loaded (a new src reads as 0x0 until then).
+LOADED = ("(() => { const i = document.querySelector('#segment-preview img'); "
+          "return !!i && i.complete && i.naturalWidth > 0; })()")
+
 
 @pytest.fixture(scope="module")
 def page(tiny_models):
@@ -40,6 +44,7 @@ def test_type_a_phrase_and_see_the_overlay(page, artifacts):
     # The upload fills the preview with the plain photo.
     page.wait_for_function("(document.querySelector('#segment-mask-status') || {}).innerText"
                            "?.includes('Nothing selected')", timeout=60_000)
+    page.wait_for_function(LOADED, timeout=30_000)  # the status can come before the preview's image loads
     before = page.locator("#segment-preview img").first.evaluate(READ_PIXELS)
     assert (before["w"], before["h"]) == (451, 300)
 
@@ -51,7 +56,7 @@ def test_type_a_phrase_and_see_the_overlay(page, artifacts):
     page.wait_for_function("/found/i.test(document.querySelector('#segment-select-message').innerText)",
                            timeout=60_000)
     message = page.locator("#segment-select-message").inner_text()
-    page.wait_for_function(f"document.querySelector('#segment-preview img').src !== {before['src']!r}",
+    page.wait_for_function(f"document.querySelector('#segment-preview img').src !== {before['src']!r} && {LOADED}",
                            timeout=30_000)
     after = page.locator("#segment-preview img").first.evaluate(READ_PIXELS)
     page.screenshot(path=str(artifacts / "segment.png"), full_page=True)
