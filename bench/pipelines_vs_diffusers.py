@@ -6,7 +6,9 @@ python -m bench.pipelines_vs_diffusers [--pair sdedit|iir-net ...] [--profile ti
 
 - sdedit: our `sdedit.run` against StableDiffusionImg2ImgPipeline, strength 0.7, CFG 7.5, the
   same photo, prompt, steps and seed (both encode the prompt, the empty negative prompt and the photo
-  on every call, run round(0.7 x steps) CFG steps and decode).
+  on every call, run 0.7 x steps CFG steps and decode). Ours rounds strength x steps, diffusers
+  truncates it: where that is not a whole number (4 steps: 3 against 2) the work differs, and the
+  row says so beside the UNet samples.
 - iir-net: our `iir_net.run` in its training-free mode on the whole image (noise k = 0: img2img at
   strength 0.6 under the Canny ControlNet, CFG 9) against StableDiffusionControlNetImg2ImgPipeline
   with the same ControlNet, strength, CFG, steps and the Canny image. Ours does more than theirs:
@@ -28,7 +30,6 @@ import warnings
 from datetime import date
 
 import torch
-from PIL import Image
 
 from bench.latency import device_name
 from bench.p2pz_vs_diffusers import allocator_name, timed, unet_samples
@@ -82,7 +83,7 @@ def iir_net_pair(models, ref, image, steps: int, resolution: int):
     """(ours, theirs, settings) for IIR-Net's training-free mode against the ControlNet img2img pipeline."""
     from diffusers import StableDiffusionControlNetImg2ImgPipeline
 
-    from engine.core.removal import edge_tensor
+    from engine.core.conditions import canny
     from engine.methods import iir_net as M
     from engine.models import load_controlnet
 
@@ -91,10 +92,9 @@ def iir_net_pair(models, ref, image, steps: int, resolution: int):
     inputs = M.IIRNetInputs(image=image, prompt=PROMPT, whole_image=True, noise=0, steps=steps, cfg=9.0, seed=0,
                             resolution=resolution)
     ours_canny = models.get("controlnet_canny")  # loaded (built, on a fake profile) through the cache
-    canny = load_controlnet(ours_canny.config._name_or_path, models.device, models.dtype)  # theirs: its own copy
-    edges = edge_tensor(image)[0, 0].numpy()  # Canny 100/200, ours' default thresholds
-    edge_image = Image.fromarray((edges * 255).astype("uint8")).convert("RGB")
-    pipe = _pipeline(StableDiffusionControlNetImg2ImgPipeline, ref, sd, controlnet=canny)
+    their_net = load_controlnet(ours_canny.config._name_or_path, models.device, models.dtype)  # its own copy
+    edge_image = canny(image, 100, 200)  # the picture ours reads as C(x0), at its default thresholds
+    pipe = _pipeline(StableDiffusionControlNetImg2ImgPipeline, ref, sd, controlnet=their_net)
 
     def ours():
         M.run(inputs, models)
@@ -125,7 +125,8 @@ def compare(pair: str, models, ref, image, args) -> dict:
         times["ours"].append(timed(ours))
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"pair": pair, "settings": settings, "ours": med["ours"], "theirs": med["theirs"],
-            "ratio": med["theirs"] / med["ours"], "samples": f"{samples['ours'][0]} / {samples['theirs'][0]}"}
+            "ratio": med["theirs"] / med["ours"], "samples": f"{samples['ours'][0]} / {samples['theirs'][0]}",
+            "same_work": samples["ours"][0] == samples["theirs"][0]}
 
 
 def main(argv=None) -> int:
@@ -161,9 +162,11 @@ def main(argv=None) -> int:
         r = compare(pair, models, ref, image, args)
         print(f"{pair}: ours {r['ours']:.3f} s, diffusers {r['theirs']:.3f} s: {r['ratio']:.2f}x "
               f"(UNet samples ours / diffusers {r['samples']}; {name}, {args.profile}, {args.resolution} px, "
-              f"{args.rounds} A-B-B-A rounds{', ours with ' + speed if speed else ''})", flush=True)
+              f"{args.rounds} A-B-B-A rounds{', ours with ' + speed if speed else ''})"
+              + ("" if r["same_work"] else "; NOT the same work: the UNet samples differ"), flush=True)
         if not args.no_record:
             settings = r["settings"] + (f"; ours with {speed}" if speed else "")
+            settings += "" if r["same_work"] else "; NOT the same work (UNet samples differ)"
             add_row(SECTION, HEADER, f"| {date.today()} | {name} | {alloc} | {args.profile} | {args.resolution} "
                     f"| {pair} | {settings} | {args.rounds} | {r['ours']:.3f} | {r['theirs']:.3f} | {r['ratio']:.2f}x "
                     f"| {r['samples']} | `{command_line('bench.pipelines_vs_diffusers', argv)}` |", intro=INTRO)

@@ -134,9 +134,10 @@ def main(argv=None) -> int:
         p2pz_vs_diffusers.main(compare)
         from bench import pipelines_vs_diffusers  # SDEdit and the ControlNet img2img path, the same way
 
+        # 10 dry-run steps: 0.7 x 10 is whole, so both sides run the same number of SDEdit steps
         pipelines_vs_diffusers.main(["--profile", profile, "--resolution", str(resolution), "--device",
                                      str(models.device), "--rounds", "1" if dry else "2", "--steps",
-                                     "4" if dry else "50"] + ([] if record else ["--no-record"]))
+                                     "10" if dry else "50"] + ([] if record else ["--no-record"]))
     from bench import p2pz_distill_speed
 
     distill = ["--profile", profile, "--resolution", str(resolution), "--repeat", "3" if dry else "20"]

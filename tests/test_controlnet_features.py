@@ -15,6 +15,7 @@ from engine.core import conditions as K
 from engine.core import controlnet_features as CF
 from engine.core import sampling as S
 from engine.methods import iir_net, ito
+from tests.test_ito import unet_calls
 
 
 def _inputs(net, t_batch=2, seed=0):
@@ -55,20 +56,6 @@ def test_models_the_shortcut_cannot_serve_use_their_own_forward(tiny_models):
     assert not CF.supports_features(pooled) and not CF.supports_features(compiled)
 
 
-class _Calls:
-    """Batch sizes of every call of a module (a forward pre-hook, removed on exit)."""
-
-    def __init__(self, module):
-        self.module, self.sizes = module, []
-
-    def __enter__(self):
-        self.handle = self.module.register_forward_pre_hook(lambda m, args: self.sizes.append(args[0].shape[0]))
-        return self.sizes
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-
-
 @contextmanager
 def whole_controlnets():
     """Every ControlNet called whole (its own forward, E(c) at every call), for the tests that read the
@@ -90,7 +77,7 @@ def test_iir_net_computes_the_condition_features_once_per_edit_and_gives_the_sam
     net = tiny_models.get("controlnet_canny")
     inputs = iir_net.IIRNetInputs(image=photo, prompt="a white cat", whole_image=True, noise=0, steps=6,
                                   cfg=9.0, resolution=128)
-    with _Calls(net.controlnet_cond_embedding) as features, _Calls(net.conv_in) as steps:
+    with unet_calls(net.controlnet_cond_embedding) as features, unet_calls(net.conv_in) as steps:
         fast = iir_net.run(inputs, tiny_models)
     assert len(steps) == fast.unet_evals["forward"] >= 3 and steps[0] == 2  # CFG: both halves each step
     assert features == [1]  # E(c) once, at the image's batch of 1
@@ -111,7 +98,7 @@ def test_ito_with_scribble_and_pose_gives_the_same_edit_with_features_reused(tin
     inputs = ito.ITOInputs(image=photo64, prompt="a dog on grass", scribble=scribble, pose=moved, steps=4, t_u=2,
                            mask_seeds=2, resolution=64)
     net = tiny_models.get("controlnet_scribble")
-    with _Calls(net.controlnet_cond_embedding) as features, _Calls(net.conv_in) as steps:
+    with unet_calls(net.controlnet_cond_embedding) as features, unet_calls(net.conv_in) as steps:
         fast, slow = _both_ways(lambda: ito.run(inputs, tiny_models))
     per_run = len(steps) // 2
     assert per_run == fast.unet_evals["forward"]
