@@ -159,8 +159,13 @@ def _layer_mask(value):
 def test_segment_endpoint_round_trips_a_brushed_mask(client, cat, photo, tmp_path):
     w, h = photo.size
     _layer(box=(10, 20, 60, 70), size=(w, h)).save(tmp_path / "layer.png")
+    from ui import components as C
+
+    handed = lambda: set(C.HANDOUT_ROOT.glob("*/mask.png"))  # noqa: E731
+    before = handed()
     mask_path, file_path, details = client.predict(_payload(cat, [tmp_path / "layer.png"]), 0, 0, False, False,
                                                    api_name="/segment")
+    assert len(handed() - before) == 1  # written where old hand-outs are swept, not a new /tmp folder per click
     m = _arr(Image.open(mask_path).convert("L"))
     expected = np.zeros((h, w), np.float32)
     expected[20:70, 10:60] = 1
@@ -244,3 +249,22 @@ def test_add_joins_the_click_mask_to_the_painted_one(client, cat, photo, tmp_pat
     corner = np.zeros_like(sam)
     corner[0:20, 0:20] = 1
     assert np.array_equal(_arr(_layer_mask(added)), np.maximum(sam, corner))
+
+
+def test_handout_folders_older_than_the_limit_are_swept(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from ui import components as C
+
+    monkeypatch.setattr(C, "HANDOUT_ROOT", tmp_path / "handouts")
+    first = C.handout_path("mask.png")
+    first.write_bytes(b"png")
+    young = C.handout_path("photo.png")
+    old = time.time() - C.HANDOUT_MAX_AGE_S - 5
+    os.utime(first.parent, (old, old))
+    third = C.handout_path("mask.png")
+    assert third.name == "mask.png" and third.parent.parent == tmp_path / "handouts"
+    assert len({first.parent, young.parent, third.parent}) == 3
+    assert not first.parent.exists()  # older than the limit: removed
+    assert young.parent.exists() and third.parent.exists()

@@ -4,6 +4,9 @@ tabs stay free of image handling."""
 from __future__ import annotations
 
 import random
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -18,10 +21,28 @@ from engine.types import EditResult
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXAMPLES = ASSETS / "examples"
 MAX_SEED = 2**32 - 1
+HANDOUT_ROOT = Path(tempfile.gettempdir()) / "des-handouts"
+HANDOUT_MAX_AGE_S = 600.0
 
 
 def example(name: str) -> str:
     return str(EXAMPLES / name)
+
+
+def handout_path(name: str) -> Path:
+    """A fresh path HANDOUT_ROOT/<random>/name for a file an event hands to Gradio (the segment
+    tab's mask.png, History's restored photo). Gradio copies such a file into its own cache when the
+    event returns, so ours is needed for seconds; folders older than HANDOUT_MAX_AGE_S are removed
+    here, and a long-running app keeps a bounded few instead of one folder per click."""
+    HANDOUT_ROOT.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - HANDOUT_MAX_AGE_S
+    for old in HANDOUT_ROOT.iterdir():
+        try:
+            if old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass  # another request removed it first
+    return Path(tempfile.mkdtemp(dir=HANDOUT_ROOT)) / name
 
 
 def banner(runner) -> None:

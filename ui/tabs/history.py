@@ -17,12 +17,9 @@ NEUTRAL = {"grow": 0, "feather": 0, "invert": False, "whole_image": False}
 
 def _png_file(image) -> str:
     """The image as a PNG file (a PIL value would be re-encoded as lossy WebP by gr.Image)."""
-    import tempfile
-
-    folder = tempfile.mkdtemp(prefix="des-restore-")
-    path = f"{folder}/photo.png"
+    path = C.handout_path("photo.png")
     image.save(path)
-    return path
+    return str(path)
 
 
 def build(runner) -> None:

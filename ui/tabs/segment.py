@@ -2,8 +2,6 @@
 Mirrors `python -m engine segment`; no maths here (ui/mask_editor.resolve_mask does it)."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 
 import gradio as gr
 from PIL import Image
@@ -40,7 +38,7 @@ def build(runner) -> None:
         if mask is None:  # nothing selected: a defined result, the all-black mask
             gr.Warning("The mask is empty: nothing is selected.")
             mask = Image.new("L", photo.size, 0)
-        path = Path(tempfile.mkdtemp(prefix="des-mask-")) / "mask.png"
+        path = C.handout_path("mask.png")
         mask.save(path)
         info = {"size": list(photo.size), "coverage": round(M.coverage(mask), 6),
                 "binary": {value for _, value in mask.getcolors(256)} <= {0, 255},
