@@ -67,3 +67,25 @@ def test_type_a_phrase_and_see_the_overlay(page, artifacts):
     assert (after["w"], after["h"]) == (451, 300)
     assert after["red_minus_green"] > before["red_minus_green"] + 10
     assert os.path.getsize(artifacts / "segment.png") > 10_000
+
+
+def test_make_mask_png_and_download_it(page, artifacts):
+    """Then the person makes mask.png and downloads it: a white-on-black PNG of the photo's size
+    (after the test above, the selection; run alone, the all-black mask of nothing selected)."""
+    import numpy as np
+    from PIL import Image
+
+    if not page.locator("#segment-mask-status").inner_text().strip():
+        page.locator("#segment-photo input[type=file]").first.set_input_files(str(ROOT / "assets/examples/cat.png"))
+        page.wait_for_function("(document.querySelector('#segment-mask-status') || {}).innerText"
+                               "?.includes('Nothing selected')", timeout=60_000)
+    page.locator("#segment-run").click()
+    link = page.locator("#segment-download a").first
+    link.wait_for(timeout=60_000)
+    assert "mask.png" in page.locator("#segment-download").inner_text()
+    with page.expect_download(timeout=30_000) as info:
+        link.click()
+    mask = Image.open(info.value.path())
+    page.screenshot(path=str(artifacts / "segment-download.png"), full_page=True)
+    assert (mask.size, mask.mode) == ((451, 300), "L")
+    assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
