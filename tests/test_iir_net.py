@@ -129,6 +129,33 @@ def test_training_free_latents_keep_the_input_outside_the_roi(tiny_models):
     assert log.counter.forward == 7  # round(0.7 * 10) ControlNet+UNet steps
 
 
+def test_whole_image_roi_skips_the_photos_encode_and_changes_nothing(tiny_models, monkeypatch):
+    """A RoI of the whole image keeps no background: run encodes only the removal image, and the
+    latents equal those of the blended path with the photo's latents and an all-ones mask."""
+    sd = tiny_models.sd()
+    encoded = []
+    encode = sd.vae.encode
+    monkeypatch.setattr(sd.vae, "encode", lambda x, *a, **k: encoded.append(x.shape) or encode(x, *a, **k))
+    _run(tiny_models, mask=None, whole_image=True, steps=10)
+    assert len(encoded) == 1
+    encoded.clear()
+    _run(tiny_models, steps=10)  # the left half: the photo's latents are kept outside it
+    assert len(encoded) == 2
+    monkeypatch.undo()
+
+    sched = sd.scheduler()
+    z0, z_removal = S.encode_image(sd, _picture(2)), S.encode_image(sd, _picture(3))
+    ones = torch.ones((1, 1) + tuple(z0.shape[-2:]))
+    noise = S.randn(z0.shape, S.make_generator(0, "cpu"), "cpu", z0.dtype)
+    cond, uncond = S.encode_prompts(sd, ["a red square"]), S.encode_prompts(sd, [""])
+    edges = edge_tensor(_picture(2)).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        kept, skipped = (iir_net.training_free_latents(sd, sched, tiny_models.get("controlnet_canny"), edges, z,
+                                                       z_removal, ones, cond, uncond, 10, 0.7, 9.0, noise,
+                                                       iir_net.RunLog()) for z in (z0, None))
+    assert torch.equal(kept, skipped)
+
+
 def test_training_free_run_contract_and_seeds(tiny_models):
     unet, canny = tiny_models.sd().unet, tiny_models.get("controlnet_canny")
     before = (_digest(unet), _digest(canny))

@@ -36,7 +36,9 @@ tests/test_iir_net.py; each is broken once in tests/mutants/m_iir_net.py):
 - Training-free: img2img from x'_k, T::test_training_free_img2img_starts_from_the_removal_image; strength grows
   with k, the UNet-call counts of the first test; Canny ControlNet at scale 1,
   T::test_training_free_canny_controlnet_reads_the_edges_and_they_steer_the_edit; background kept,
-  T::test_training_free_final_latents_are_the_inputs_outside_the_roi.
+  T::test_training_free_final_latents_are_the_inputs_outside_the_roi; a whole-image RoI keeps no
+  background and skips the photo's VAE encode, same latents,
+  tests/test_iir_net.py::test_whole_image_roi_skips_the_photos_encode_and_changes_nothing.
 - iir_net.json (K, Canny): T::test_checkpoint_settings_come_from_its_iir_net_json, T::test_a_malformed_iir_net_json_is_refused.
 - Eq. 8 and the random k of training: see engine/train/iir_net.py.
 """
@@ -137,17 +139,20 @@ def denoise(unet, scheduler, ts, x, cond, uncond, cfg: float, control: S.Control
     return x
 
 
-def training_free_latents(sd, scheduler, canny_net, edges_rgb: torch.Tensor, z0: torch.Tensor,
+def training_free_latents(sd, scheduler, canny_net, edges_rgb: torch.Tensor, z0: Optional[torch.Tensor],
                           z_removal: torch.Tensor, m_lat: torch.Tensor, cond, uncond, steps: int,
                           strength: float, cfg: float, noise: torch.Tensor, log: RunLog) -> torch.Tensor:
     """Img2img from the removal image's latents under the Canny ControlNet, background kept.
 
-    Returns the final latents: equal to z0 wherever m_lat = 0.
+    Returns the final latents: equal to z0 wherever m_lat = 0. z0 None: the RoI is the whole image,
+    there is no background to keep, and the photo's latents are not needed (`run` skips its encode).
     """
-    ts = S.sdedit_timesteps(scheduler, steps, strength, z0.device)
+    ts = S.sdedit_timesteps(scheduler, steps, strength, z_removal.device)
     x = S.add_noise(scheduler, z_removal, noise, ts[0])
-    x = S.blend(x, S.add_noise(scheduler, z0, noise, ts[0]), m_lat)
     control = S.Control([canny_net], [edges_rgb], [1.0])
+    if z0 is None:
+        return denoise(sd.unet, scheduler, ts, x, cond, uncond, cfg, control, log)
+    x = S.blend(x, S.add_noise(scheduler, z0, noise, ts[0]), m_lat)
     return denoise(sd.unet, scheduler, ts, x, cond, uncond, cfg, control, log, keep=(z0, m_lat, noise))
 
 
@@ -236,9 +241,11 @@ def run(inputs: IIRNetInputs, models, on_step: Optional[StepCallback] = None) ->
         with log.stage("encode"):
             cond = S.encode_prompts(sd, [prompt])
             uncond = S.encode_prompts(sd, [""])
-            if controlnet is None:  # training-free: img2img needs the photo's and x'_k's latents
-                z0 = S.encode_image(sd, image)
+            if controlnet is None:  # training-free: img2img needs x'_k's latents, and the photo's to keep
                 z_removal = S.encode_image(sd, removal_pil)
+                # A RoI of the whole image keeps no background: the photo's latents would only enter
+                # blends of weight 0, so its VAE encode (a second one) is skipped.
+                z0 = None if bool((m >= 1).all()) else S.encode_image(sd, image)
         shape = (1, sd.unet.config.in_channels, image.height // sd.vae_scale, image.width // sd.vae_scale)
         latent_noise = S.randn(shape, gen, device, models.dtype)
         # -- 4. sampling ------------------------------------------------------------------------
@@ -250,7 +257,7 @@ def run(inputs: IIRNetInputs, models, on_step: Optional[StepCallback] = None) ->
                 mode, strength = "trained", None
                 log.notes.append(f"trained IIR-Net ControlNet from {checkpoint}")
             else:
-                m_lat = to_latent(mask, shape[-2], shape[-1], device, z0.dtype)
+                m_lat = to_latent(mask, shape[-2], shape[-1], device, z_removal.dtype)
                 strength = strength_for(noise_k)
                 edges_rgb = edges.expand(-1, 3, -1, -1).to(device)
                 z = training_free_latents(sd, scheduler, canny_net, edges_rgb, z0, z_removal, m_lat, cond,

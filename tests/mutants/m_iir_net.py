@@ -70,4 +70,11 @@ MUTANTS = [
            "max_noise, low, high, settle_notes = settle(noise_k, low, high, trained, checkpoint)",
            "max_noise, low, high, settle_notes = settle(noise_k, low, high, None, checkpoint)",
            "K and the Canny thresholds of iir_net.json ignored at inference"),
+    # issue 18: the photo's VAE encode skipped only where the RoI is the whole image
+    Mutant("iir_net.whole-image-encodes-the-photo", F_RUN,
+           "z0 = None if bool((m >= 1).all()) else S.encode_image(sd, image)", "z0 = S.encode_image(sd, image)",
+           "a whole-image RoI still encodes the photo, whose latents enter only blends of weight 0"),
+    Mutant("iir_net.masked-roi-skips-the-photo", F_RUN,
+           "z0 = None if bool((m >= 1).all()) else S.encode_image(sd, image)", "z0 = None",
+           "a partial RoI without the photo's latents: the background outside it is not kept"),
 ]
