@@ -37,7 +37,7 @@ def page(tiny_models, tmp_path_factory):
             box.fill(value)
             box.press("Enter")
         page.locator("#ito-photo input[type=file]").first.set_input_files(str(ROOT / "assets/examples/cat.png"))
-        page.wait_for_function("document.querySelector('#ito-prompt textarea').value.length > 0", timeout=120_000)
+        page.wait_for_function("(document.querySelector('#ito-prompt textarea') || {value: ''}).value.length > 0", timeout=120_000)
         page.errors = errors
         page.outputs = outputs
         yield page
@@ -85,7 +85,7 @@ def test_drag_a_pose_joint_changes_the_keypoint_json(page, artifacts):
         page.mouse.move(sx - 3 * i, sy - 4 * i)
     page.mouse.up()
     try:
-        page.wait_for_function("document.querySelector('#ito-pose-json textarea').value !== "
+        page.wait_for_function("(document.querySelector('#ito-pose-json textarea') || {value: ''}).value !== "
                                f"{json.dumps(json.dumps(before))}", timeout=10_000)
     finally:
         page.screenshot(path=str(artifacts / "ito_pose.png"), full_page=True)

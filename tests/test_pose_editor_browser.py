@@ -27,6 +27,20 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 J = {name: i for i, name in enumerate(JOINTS)}
 
 
+
+def _value_of(selector: str) -> str:
+    """A JS expression for a textarea's value, '' while Gradio has not rendered it yet (a predicate
+    that throws on a missing element fails wait_for_function at once instead of waiting)."""
+    return f"(document.querySelector({selector!r}) || {{value: ''}}).value"
+
+
+PE_JSON = _value_of("#pe-json textarea")
+
+
+def _pose_json_holds(condition: str) -> str:
+    """A predicate: the pose editor's JSON parses and `JSON.parse(...)<condition>` is true."""
+    return f"(() => {{ try {{ return JSON.parse({PE_JSON}){condition}; }} catch (e) {{ return false; }} }})()"
+
 def _photo() -> Image.Image:
     img = Image.new("RGB", (480, 640), (90, 120, 160))
     d = ImageDraw.Draw(img)
@@ -159,7 +173,7 @@ def test_drag_delete_and_add_joints_in_the_browser(app_url, browser, tmp_path):
     page.wait_for_selector("#pe canvas[data-role=edit]")
     _photo().save(tmp_path / "photo.png")
     page.set_input_files("#photo input[type=file]", str(tmp_path / "photo.png"))
-    page.wait_for_function("document.querySelector('#pe-json textarea').value.length > 10", timeout=20000)
+    page.wait_for_function(f"{PE_JSON}.length > 10", timeout=20000)
     before = json.loads(_textbox(page, "pe-json"))
     assert before["canvas_width"] == 480 and before["canvas_height"] == 640
 
@@ -178,7 +192,7 @@ def test_drag_delete_and_add_joints_in_the_browser(app_url, browser, tmp_path):
     old, new = _joint(before, "RWrist"), _joint(after, "RWrist")
     assert new[0] == pytest.approx(old[0] - 60 / k, abs=2) and new[1] == pytest.approx(old[1] - 120 / k, abs=2)
     assert _joint(after, "LWrist") == _joint(before, "LWrist")
-    page.wait_for_function(f"document.querySelector('#echo textarea').value.includes('{new[0]:g}')", timeout=20000)
+    page.wait_for_function(f"{_value_of('#echo textarea')}.includes('{new[0]:g}')", timeout=20000)
     assert read_pose(_textbox(page, "echo")) == read_pose(json.dumps(after))  # Python got the edit
 
     # The live OpenPose preview uses the OpenPose colours.
@@ -194,15 +208,15 @@ def test_drag_delete_and_add_joints_in_the_browser(app_url, browser, tmp_path):
 
     # Right-click the left elbow: it and its limbs are removed.
     page.mouse.click(*_screen_xy(page, after, "LElbow"), button="right")
-    page.wait_for_function("JSON.parse(document.querySelector('#pe-json textarea').value)"
-                           f".people[0].pose_keypoints_2d[{3 * J['LElbow'] + 2}] === 0", timeout=20000)
+    page.wait_for_function(_pose_json_holds(f".people[0].pose_keypoints_2d[{3 * J['LElbow'] + 2}] === 0"),
+                           timeout=20000)
     assert "Removed LElbow" in page.inner_text("#pe [data-role=status]")
 
     # Add it back where we click.
     page.select_option("#pe select[data-role=add]", label="LElbow")
     page.mouse.click(box["x"] + 350 * k, box["y"] + 300 * k)
-    page.wait_for_function("JSON.parse(document.querySelector('#pe-json textarea').value)"
-                           f".people[0].pose_keypoints_2d[{3 * J['LElbow'] + 2}] > 0", timeout=20000)
+    page.wait_for_function(_pose_json_holds(f".people[0].pose_keypoints_2d[{3 * J['LElbow'] + 2}] > 0"),
+                           timeout=20000)
     x, y, c = _joint(json.loads(_textbox(page, "pe-json")), "LElbow")
     assert (x, y) == (pytest.approx(350, abs=2), pytest.approx(300, abs=2)) and c == 1
 
@@ -220,7 +234,7 @@ def test_upload_and_download_json_in_the_browser(app_url, browser, tmp_path):
     pose = default_pose(300, 200)
     (tmp_path / "in.json").write_text(json.dumps(pose_to_json(pose)))
     page.set_input_files('#pe input[type=file][accept=".json"]', str(tmp_path / "in.json"))
-    page.wait_for_function("document.querySelector('#pe-json textarea').value.includes('300')", timeout=20000)
+    page.wait_for_function(f"{PE_JSON}.includes('300')", timeout=20000)
     assert read_pose(_textbox(page, "pe-json")) == read_pose(json.dumps(pose_to_json(pose)))
     page.wait_for_function("document.querySelector('#pe canvas[data-role=edit]').width > 200", timeout=20000)
     with page.expect_download(timeout=20000) as info:
