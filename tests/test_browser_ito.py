@@ -10,7 +10,7 @@ import pytest
 
 from engine import history
 from engine.core.conditions import JOINTS
-from tests.ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, running_app
+from tests.ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, running_app, textarea_value
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 J = {name: i for i, name in enumerate(JOINTS)}
@@ -37,7 +37,7 @@ def page(tiny_models, tmp_path_factory):
             box.fill(value)
             box.press("Enter")
         page.locator("#ito-photo input[type=file]").first.set_input_files(str(ROOT / "assets/examples/cat.png"))
-        page.wait_for_function("(document.querySelector('#ito-prompt textarea') || {value: ''}).value.length > 0", timeout=120_000)
+        page.wait_for_function(f"{textarea_value('#ito-prompt textarea')}.length > 0", timeout=120_000)
         page.errors = errors
         page.outputs = outputs
         yield page
@@ -70,7 +70,7 @@ def _stable_box(page, selector: str) -> dict:
 
 def test_drag_a_pose_joint_changes_the_keypoint_json(page, artifacts):
     page.locator(SUBTAB.format("Pose")).click()  # tabs render lazily: the editor mounts now
-    page.wait_for_function("(document.querySelector('#ito-pose-json textarea') || {value: ''}).value.length > 10",
+    page.wait_for_function(f"{textarea_value('#ito-pose-json textarea')}.length > 10",
                            timeout=20_000)
     _settled(page, "#ito-pose")
     before = _pose(page)
@@ -85,7 +85,7 @@ def test_drag_a_pose_joint_changes_the_keypoint_json(page, artifacts):
         page.mouse.move(sx - 3 * i, sy - 4 * i)
     page.mouse.up()
     try:
-        page.wait_for_function("(document.querySelector('#ito-pose-json textarea') || {value: ''}).value !== "
+        page.wait_for_function(f"{textarea_value('#ito-pose-json textarea')} !== "
                                f"{json.dumps(json.dumps(before))}", timeout=10_000)
     finally:
         page.screenshot(path=str(artifacts / "ito_pose.png"), full_page=True)

@@ -22,19 +22,12 @@ from ui.pose_editor import (
     load_uploaded_pose, pose_editor, pose_for_image, pose_json_file, read_pose,
 )
 
+from tests.ui_helpers import textarea_value
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 J = {name: i for i, name in enumerate(JOINTS)}
-
-
-
-def _value_of(selector: str) -> str:
-    """A JS expression for a textarea's value, '' while Gradio has not rendered it yet (a predicate
-    that throws on a missing element fails wait_for_function at once instead of waiting)."""
-    return f"(document.querySelector({selector!r}) || {{value: ''}}).value"
-
-
-PE_JSON = _value_of("#pe-json textarea")
+PE_JSON = textarea_value("#pe-json textarea")
 
 
 def _pose_json_holds(condition: str) -> str:
@@ -192,7 +185,7 @@ def test_drag_delete_and_add_joints_in_the_browser(app_url, browser, tmp_path):
     old, new = _joint(before, "RWrist"), _joint(after, "RWrist")
     assert new[0] == pytest.approx(old[0] - 60 / k, abs=2) and new[1] == pytest.approx(old[1] - 120 / k, abs=2)
     assert _joint(after, "LWrist") == _joint(before, "LWrist")
-    page.wait_for_function(f"{_value_of('#echo textarea')}.includes('{new[0]:g}')", timeout=20000)
+    page.wait_for_function(f"{textarea_value('#echo textarea')}.includes('{new[0]:g}')", timeout=20000)
     assert read_pose(_textbox(page, "echo")) == read_pose(json.dumps(after))  # Python got the edit
 
     # The live OpenPose preview uses the OpenPose colours.

@@ -11,6 +11,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-b
                  "--disable-component-update", "--disable-sync", "--disable-quic"]
 
 
+def textarea_value(selector: str) -> str:
+    """A JS expression for a textarea's value, '' while Gradio has not rendered it yet (a
+    wait_for_function predicate that throws on a missing element fails at once instead of waiting)."""
+    return f"(document.querySelector({selector!r}) || {{value: ''}}).value"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
